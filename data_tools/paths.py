@@ -1,0 +1,23 @@
+"""Where real data lives: $CAREBOT_DATA, else ../shared/data beside the repo, else the repo's small sample."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Root of the real data (same layout as ../shared/data: benchmarks/, dialogue/, general/)."""
+    env = os.environ.get("CAREBOT_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO / "samples"]:
+        if (cand / "general").is_dir():
+            return cand
+    raise FileNotFoundError("no data found: set CAREBOT_DATA, or keep ../shared/data or samples/ beside the repo")
+
+
+def cache_dir() -> Path:
+    """Where built offline assets (tokenizers, tiny models) are cached between runs."""
+    d = Path(os.environ.get("CAREBOT_CACHE", Path.home() / ".cache" / "carebot"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d

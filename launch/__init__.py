@@ -1,0 +1,1 @@
+"""CareBot stack."""

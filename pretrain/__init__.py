@@ -1,0 +1,1 @@
+"""Continued pre-training on megatron-core: model, the one trainer, checkpoints."""

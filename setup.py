@@ -1,0 +1,35 @@
+"""CareBot stack: Megatron-based bilingual medical LLM training, end to end."""
+from setuptools import setup
+
+setup(
+    name="carebot-stack",
+    version="0.1.0",
+    description="CareBot pipeline: curation, CPT, SFT, DPO, eval on megatron-core",
+    python_requires=">=3.11",
+    # Explicit list: never install generic top-level names by accident.
+    packages=["pretrain", "pretrain.recipes", "data_tools", "alignment", "eval", "launch", "tests"],
+    package_data={"pretrain.recipes": ["*.yaml"], "launch": ["templates/*"], "data_tools": ["wordlists/*"]},
+    install_requires=[
+        "torch==2.13.0",  # CPU wheel on this disk; a GPU box brings its own CUDA build
+        "megatron-core==0.16.1",  # newest release served for Python 3.11
+        "transformers==5.24.0",
+        "tokenizers==0.23.3",
+        "safetensors>=0.6",
+        "numpy>=2.0",
+        "pyyaml>=6.0",
+        "pydantic>=2.0",
+        "tqdm>=4.66",
+        "tensorboard>=2.18",
+        "psutil>=5.9",  # dist_checkpointing's async writer imports it
+        "quicktok-v1==0.4.0",  # ships the real LLaMA-3 BPE ranks (offline tokenizer)
+        "tiktoken>=0.7",  # transformers reads .tiktoken ranks through it
+        "gigatoken==0.10.0",
+        "datasketch==2.0.0",
+        "openai>=2.0",
+        "matplotlib>=3.8",
+        "scipy>=1.11",
+        "pytest>=8.0",
+    ],
+    extras_require={"gpu": ["transformer-engine[pytorch]", "apex"]},
+    entry_points={"console_scripts": ["carebot=launch.cli:main"]},
+)
