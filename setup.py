@@ -24,6 +24,7 @@ setup(
         "quicktok-v1==0.4.0",  # ships the real LLaMA-3 BPE ranks (offline tokenizer)
         "tiktoken>=0.7",  # transformers reads .tiktoken ranks through it
         "gigatoken==0.10.0",
+        "pyarrow==26.0.1",  # streaming parquet + JSONL blocks for data_tools.tokenize
         "datasketch==2.0.0",
         "openai>=2.0",
         "matplotlib>=3.8",
