@@ -83,6 +83,7 @@ def test_cache_tag_separates_rounds_and_key_never_written(tmp_path, monkeypatch)
 def test_non_retryable_4xx_fails_fast(tmp_path):
     with FakeOpenAI() as srv:
         cfg = _cfg(srv, tmp_path, base_url=srv.base_url.replace("/v1", "/nope"))
+        cli = LLMClient(cfg)
         with pytest.raises(LLMError, match="HTTP 404"):
-            LLMClient(cfg).chat_json(_msgs("z"))
-        assert srv.hits == 1
+            cli.chat_json(_msgs("z"))
+        assert cli.stats.requests == 1
