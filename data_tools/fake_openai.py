@@ -104,10 +104,10 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     @staticmethod
-    def key(messages: list[dict]) -> str:
-        """Identity of a request for hit counting: the first user message (re-asks keep the same key)."""
+    def key(messages: list[dict], seed: Any = None) -> str:
+        """Identity of a request for hit counting: first user message + seed (re-asks keep the same key)."""
         first = next((m["content"] for m in messages if m.get("role") == "user"), "")
-        return hashlib.sha256(first.encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{seed}|{first}".encode()).hexdigest()[:16]
 
     def _draw(self) -> str:
         f = self.faults
@@ -123,6 +123,9 @@ class FakeOpenAI:
         srv = self
 
         class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: the client reuses connections, as with a real server
+            disable_nagle_algorithm = True  # headers and body go in separate writes: avoid the 40 ms Nagle stall
+
             def log_message(self, *a: Any) -> None:  # keep test output clean
                 pass
 
@@ -144,7 +147,7 @@ class FakeOpenAI:
                     self._send(404, b'{"error": {"message": "not found"}}')
                     return
                 messages = body.get("messages", [])
-                key = srv.key(messages)
+                key = srv.key(messages, body.get("seed"))
                 kind = srv._draw()
                 with srv._lock:
                     srv.hits += 1

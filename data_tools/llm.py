@@ -158,6 +158,7 @@ class DiskCache:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), timeout=60, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill; no fsync per answer
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT NOT NULL, t REAL)")
         self._lock = threading.Lock()
 
@@ -202,6 +203,10 @@ class AsyncLLMClient:
             p["response_format"] = {"type": "json_object"}
         p.update(overrides)
         return p
+
+    def key_for(self, request: Request) -> str:
+        """The cache key of a request (to check what a crashed run already finished)."""
+        return cache_key(self.config.model, request.messages, self._params(request.params), request.cache_tag)
 
     async def _backoff(self, attempt: int, retry_after: float | None = None) -> None:
         c = self.config
