@@ -36,3 +36,22 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
                 break
             out.append(json.loads(line))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_lm_dir(tmp_path_factory, llama3_tokenizer_dir) -> Path:
+    """A tiny random LlamaForCausalLM on the real LLaMA-3 vocab (~8.3M params), saved with its tokenizer as an
+    HF model directory (what `pretrain.convert` exports). Seeded: same weights every session."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pretrain.tokenizer import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama3-lm")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True, initializer_range=0.2, bos_token_id=128000, eos_token_id=128009)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    load_tokenizer(llama3_tokenizer_dir).save_pretrained(out)
+    return out
