@@ -168,19 +168,20 @@ def _slow_parse(buf: bytes, keys: list[str], first_line: int, stats: FileStats, 
 
 
 def _drop_null_and_empty(cols: dict[str, pa.Array], first_line: int, stats: FileStats,
-                         strict: bool, row_name: str = "line") -> dict[str, pa.Array]:
-    keep = None
+                         strict: bool) -> dict[str, pa.Array]:
+    """Drop rows whose value is missing (null) or empty in any key; report them in line order."""
+    keep = np.ones(len(next(iter(cols.values()))), dtype=bool)
+    bad: dict[int, str] = {}
     for k, c in cols.items():
         offs = np.frombuffer(c.buffers()[1], dtype=np.int64 if pa.types.is_large_string(c.type) else np.int32)
-        offs = offs[c.offset: c.offset + len(c) + 1]
-        bad_empty = np.diff(offs) == 0
-        bad_null = np.asarray(c.is_null().to_numpy(zero_copy_only=False)) if c.null_count else np.zeros(len(c), bool)
-        for rows, reason in ((bad_null, f"missing_key '{k}'"), (bad_empty & ~bad_null, f"empty_text '{k}'")):
-            for r in np.flatnonzero(rows & (keep if keep is not None else True)):
-                stats.bad(first_line + int(r), reason, strict)
-        k_ok = ~(bad_empty | bad_null)
-        keep = k_ok if keep is None else keep & k_ok
-    if keep is None or keep.all():
+        empty = np.diff(offs[c.offset: c.offset + len(c) + 1]) == 0
+        null = c.is_null().to_numpy(zero_copy_only=False) if c.null_count else np.zeros(len(c), bool)
+        for r in np.flatnonzero(empty & keep):
+            bad[int(r)] = f"missing_key '{k}'" if null[r] else f"empty_text '{k}'"
+        keep &= ~empty
+    for r in sorted(bad):
+        stats.bad(first_line + r, bad[r], strict)
+    if keep.all():
         return cols
     mask = pa.array(keep)
     return {k: c.filter(mask) for k, c in cols.items()}
