@@ -255,14 +255,17 @@ class Head(torch.nn.Module):
         return self.proj(self.drop(x))
 
 
-def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig) -> Head:
-    """Train a linear head on frozen embeddings: cross-entropy if n_out > 1, else MSE regression."""
+def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig, dev: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
+    """Train a linear head on frozen embeddings: cross-entropy if n_out > 1, else MSE regression.
+    With `dev`, keep the epoch with the best dev score (accuracy; lowest MSE for regression, as the paper
+    selects DataRater)."""
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     head = Head(X.shape[1], n_out)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     Xt = torch.from_numpy(X).float()
     yt = torch.from_numpy(y).long() if n_out > 1 else torch.from_numpy(y).float()
+    best: tuple[float, dict] | None = None
     if n_out == 1:  # start at the mean target so the head learns the variation, not the offset
         torch.nn.init.constant_(head.proj.bias, float(yt.mean()))
     for _ in range(cfg.head_epochs):
@@ -273,6 +276,13 @@ def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig) -> Hea
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if dev is not None:
+            p = predict(head.eval(), dev[0])
+            score = float((p.argmax(1) == dev[1]).mean()) if n_out > 1 else -float(((p[:, 0] - dev[1]) ** 2).mean())
+            if best is None or score > best[0]:
+                best = (score, {k: v.clone() for k, v in head.state_dict().items()})
+    if best is not None:
+        head.load_state_dict(best[1])
     return head.eval()
 
 
