@@ -233,7 +233,7 @@ def _load_csv_dir(root: Path, family: str, split: str, subjects: tuple[str, ...]
                 q, opts, ans, iid = r[1], r[2:6], r[6] if len(r) > 6 else "", f"{subj}-{r[0]}"
             if len(opts) != 4:
                 raise BenchmarkError(f"{where}: expected 4 options, got {len(opts)}")
-            items.append(_check(MCQItem(f"{family}-{iid}", q, _letters_from(opts), ans.strip(), subject=subj,
+            items.append(_check(MCQItem(f"{family}-{split}-{iid}", q, _letters_from(opts), ans.strip(), subject=subj,
                                         split=split), where))
     return items
 
@@ -309,7 +309,8 @@ def fewshot_pool(name: str, path: str | Path | None, items: list[MCQItem]) -> li
     """Dev-split examples for k-shot: the `dev` split of CSV families, else items outside the eval split."""
     spec = get_spec(name)
     if path is not None and Path(path).is_dir():
-        return load_items(path, family=spec.template, split="dev", subjects=spec.subjects)
+        subjects = tuple(dict.fromkeys(it.subject for it in items)) or spec.subjects
+        return load_items(path, family=spec.template, split="dev", subjects=subjects)
     return []
 
 
