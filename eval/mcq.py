@@ -180,7 +180,13 @@ def run_mcq(cfg: MCQConfig) -> dict:
     atomic_write(out / "mcq_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     engine = build_engine(cfg.engine)
-    results = {b: run_benchmark(engine, cfg, b, out / "mcq") for b in cfg.benchmarks}
+    results = {}
+    prev = out / "mcq_summary.json"
+    if prev.exists():  # a run dir grows benchmark by benchmark (e.g. CMB by generation in a second call)
+        old = json.loads(prev.read_text())
+        if old.get("model_dir") == str(cfg.engine.model):
+            results.update(old["benchmarks"])
+    results.update({b: run_benchmark(engine, cfg, b, out / "mcq") for b in cfg.benchmarks})
     summary = {"model": name, "model_dir": str(cfg.engine.model), "kind": "mcq", "benchmarks": results,
                "contamination": contamination, "config": dataclasses.asdict(cfg)}
     atomic_write(out / "mcq_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
