@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 import sys
 
 # name -> (module:function, one-line help). Imported lazily: `carebot --help` stays fast.
@@ -47,6 +48,8 @@ def _call(target: str, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns at import time that TE / apex are absent: expected on CPU, said once in the run log.
+    warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex|apex|full scope is deprecated).*")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

@@ -71,7 +71,7 @@ def load_tokenizer(path: str | Path):
     """Load an HF tokenizer from a local directory (never from a hub)."""
     from transformers import AutoTokenizer
 
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {p}")
     return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
@@ -95,3 +95,37 @@ class MegatronTokenizerAdapter:
 
     def detokenize(self, ids: list[int]) -> str:
         return self.hf.decode(ids)
+
+
+def train_small_bpe(texts, out_dir: str | Path, vocab_size: int = 4096) -> Path:
+    """Train a small byte-level BPE with LLaMA-3's special tokens and chat template (tests, CPU demo).
+
+    Same conventions as the real tokenizer (BOS prepended, documents end with <|end_of_text|>, turns with
+    <|eot_id|>), so every code path runs unchanged on it. Idempotent like `build_llama3_tokenizer`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    if (out / "tokenizer.json").exists():
+        return out
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(texts, trainer)
+    bos = tk.token_to_id("<|begin_of_text|>")
+    tk.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+        special_tokens=[("<|begin_of_text|>", bos)])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<|end_of_text|>", chat_template=LLAMA3_CHAT_TEMPLATE,
+                                   model_max_length=8192)
+    tmp = out.with_name(out.name + ".tmp")
+    fast.save_pretrained(tmp)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted(tmp.iterdir(), key=lambda f: f.name == "tokenizer.json"):  # tokenizer.json last
+        f.replace(out / f.name)
+    tmp.rmdir()
+    return out

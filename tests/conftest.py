@@ -55,3 +55,24 @@ def tiny_llama3_lm_dir(tmp_path_factory, llama3_tokenizer_dir) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     load_tokenizer(llama3_tokenizer_dir).save_pretrained(out)
     return out
+
+
+def corpus_texts(root: Path, per_file: int = 1500) -> list[str]:
+    """Real bilingual text (medical + general, zh + en) from shared/data."""
+    files = {"dialogue/medquad_en_sample.jsonl": ("question", "answer"),
+             "dialogue/huatuo26m_test_sample.jsonl": ("question", "answer"),
+             "general/wikitext2_paragraphs_en.jsonl": ("text",),
+             "general/cmrc2018_wiki_paragraphs_zh.jsonl": ("text",)}
+    texts = []
+    for rel, keys in files.items():
+        for d in read_jsonl(root / rel, per_file):
+            texts.append("\n".join(str(d[k]) for k in keys if d.get(k)))
+    return texts
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_dir(data_root) -> Path:
+    """A 4k byte-level BPE trained on real zh+en text, with LLaMA-3's specials and chat template."""
+    from pretrain.tokenizer import train_small_bpe
+
+    return train_small_bpe(corpus_texts(data_root), cache_dir() / "bpe4k-v1", vocab_size=4096)

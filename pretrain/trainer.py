@@ -1,0 +1,327 @@
+"""The one training loop. CPT, SFT and DPO are `Stage`s: a dataset builder and a loss over the model's
+per-token losses. Parallelism, optimizer, schedule, checkpoints and logging live here once.
+
+Order of set-up (fixed): process groups + RNG -> tokenizer -> model (one pipeline stage) -> megatron DDP ->
+megatron optimizer + LR scheduler -> resume or init_from -> datasets -> loop."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from pretrain import checkpoint as ckpt
+from pretrain import distributed
+from pretrain.config import ConfigError, RunConfig, dump, to_dict
+from pretrain.data import collate, parse_data_path, step_microbatches
+from pretrain.model import build_model, check_model_config, flops_per_token
+from pretrain.tokenizer import MegatronTokenizerAdapter, load_tokenizer
+
+# Dense bf16 peak TFLOP/s per device, for MFU.
+PEAK_TFLOPS = {"A100": 312.0, "A800": 312.0, "H100": 989.0, "H800": 989.0, "H200": 989.0, "B200": 2250.0}
+
+
+def lm_loss(batch: dict, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean next-token loss over the tokens the loss mask keeps (CPT: all; SFT: assistant tokens)."""
+    mask = batch["loss_mask"].to(per_token_loss.device).float()
+    loss = (per_token_loss.float() * mask).sum() / mask.sum().clamp(min=1.0)
+    # The schedule divides the returned loss in place: log a copy.
+    return loss, {"loss": loss.detach().clone()}
+
+
+@dataclass
+class Stage:
+    """What a training stage supplies to the trainer."""
+    name: str
+    # (cfg, tokenizer adapter, [n_train, n_valid]) -> (train_dataset, valid_dataset or None)
+    build_datasets: Callable[[RunConfig, Any, list[int]], tuple[Any, Any]]
+    loss_func: Callable[[dict, torch.Tensor], tuple[torch.Tensor, dict]] = lm_loss
+    collate: Callable[[list[dict]], dict] | None = None
+    # optional hook run once after the model is loaded (e.g. DPO reference log-probs)
+    prepare: Callable[["Trainer"], None] | None = None
+    # micro-batch rows per dataset sample (DPO packs chosen + rejected: 2)
+    rows_per_sample: int = 1
+
+
+class _Stop(Exception):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, stage: Stage):
+        self.cfg, self.stage = cfg, stage
+        self.out = Path(cfg.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        self.iteration = 0
+        self.consumed = 0
+        self._signal = None
+        self.writer = None
+        self.metrics: list[dict] = []
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        if not cfg.data.tokenizer:
+            raise ConfigError("data.tokenizer is not set: give an HF tokenizer directory")
+        self.hf_tokenizer = load_tokenizer(cfg.data.tokenizer)
+        self.tokenizer = MegatronTokenizerAdapter(self.hf_tokenizer, cfg.data.tokenizer)
+        self.vocab_size = self.tokenizer.vocab_size
+        check_model_config(cfg.model, cfg.parallel, self.vocab_size)  # before any process group exists
+        parse_data_path(cfg.data.data_path) if self.stage.name == "cpt" else None
+        distributed.init(cfg.parallel, cfg.train.seed)
+        self.dp = mpu.get_data_parallel_world_size()
+        self.dp_rank = mpu.get_data_parallel_rank()
+        t = cfg.train
+        if t.global_batch_size % (t.micro_batch_size * self.dp):
+            raise ConfigError(f"global_batch_size {t.global_batch_size} is not divisible by micro_batch_size "
+                              f"{t.micro_batch_size} x data-parallel size {self.dp}")
+        self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
+        self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
+        inner = build_model(cfg.model, cfg.parallel, self.vocab_size, cfg.data.seq_length, bf16=self.bf16)
+        tf = inner.config
+        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+        self.model = [DistributedDataParallel(config=tf, ddp_config=ddp_cfg, module=inner)]
+        o = cfg.optim
+        self.optimizer = get_megatron_optimizer(OptimizerConfig(
+            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=self.bf16,
+            params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
+            use_distributed_optimizer=cfg.parallel.distributed_optimizer), self.model)
+        steps = t.train_steps
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
+            lr_warmup_steps=int(round(o.warmup_ratio * steps)), lr_decay_steps=max(steps, 1),
+            lr_decay_style=o.decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
+            wd_incr_steps=max(steps, 1), wd_incr_style="constant")
+        tf.finalize_model_grads_func = finalize_model_grads
+        tf.no_sync_func = self.model[0].no_sync
+        tf.grad_scale_func = self.optimizer.scale_loss
+        self._restore()
+        n_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
+        self.train_ds, self.valid_ds = self.stage.build_datasets(cfg, self.tokenizer,
+                                                                 [steps * t.global_batch_size, n_valid])[:2]
+        if self.stage.prepare:
+            self.stage.prepare(self)
+        self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, cfg.data.seq_length)
+        if dist.get_rank() == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump(cfg, self.out / "config.yaml")
+            print(f"[carebot] {self.stage.name} run '{cfg.name}' config:\n{json.dumps(to_dict(cfg), indent=1)}",
+                  flush=True)
+        if t.tensorboard and distributed.is_logging_rank():
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        return self
+
+    def _restore(self) -> None:
+        """Resume from this run's (or `checkpoint.load`'s) latest checkpoint; else start from `init_from` weights."""
+        c = self.cfg.checkpoint
+        src = ckpt.resolve(c.load or self.ckpt_root)
+        if src is not None:
+            meta = ckpt.load(src, self.unwrapped, self.optimizer, self.scheduler)
+            self.iteration, self.consumed = meta["iteration"], meta["consumed_samples"]
+            self._log0(f"resumed from {src} at step {self.iteration} ({self.consumed} samples consumed)")
+        elif c.init_from:
+            src = ckpt.resolve(c.init_from)
+            if src is None:
+                raise ConfigError(f"checkpoint.init_from: no checkpoint at {c.init_from}")
+            ckpt.load(src, self.unwrapped, self.optimizer if c.init_optimizer else None)
+            self._log0(f"initialised weights from {src} (new LR schedule; optimizer moments "
+                       f"{'carried over' if c.init_optimizer else 'reset'})")
+        self.init_checksum = self.param_checksum()
+
+    @property
+    def unwrapped(self):
+        return self.model[0].module
+
+    # ---------------------------------------------------------------- steps
+    def _forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        dev = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+        tokens = batch["tokens"].to(dev)
+        out = model(tokens, batch["position_ids"].to(dev), None, labels=batch["labels"].to(dev))
+        return out, partial(self.stage.loss_func, batch)
+
+    def _batches(self, dataset, consumed: int):
+        t = self.cfg.train
+        return step_microbatches(dataset, consumed, t.micro_batch_size, self.num_micro, self.dp_rank, self.dp,
+                                 self.stage.collate or collate)
+
+    def _run_schedule(self, data_iter, forward_only: bool) -> list[dict]:
+        t = self.cfg.train
+        return get_forward_backward_func()(
+            forward_step_func=self._forward_step, data_iterator=data_iter, model=self.model,
+            num_microbatches=self.num_micro, seq_length=self.cfg.data.seq_length,
+            micro_batch_size=t.micro_batch_size * self.stage.rows_per_sample, forward_only=forward_only)
+
+    def _reduce(self, outs: list[dict]) -> dict:
+        """Mean of each logged value over micro-batches and DP ranks, broadcast to every rank."""
+        keys = sorted(outs[0]) if outs else []
+        n = len(keys)
+        buf = torch.zeros(max(n, 1), dtype=torch.float64)
+        if outs:
+            for i, k in enumerate(keys):
+                buf[i] = sum(float(o[k]) for o in outs) / len(outs)
+        if torch.cuda.is_available():
+            buf = buf.cuda()
+        dist.all_reduce(buf, group=mpu.get_data_parallel_group())
+        buf /= self.dp
+        # broadcast from the last pipeline stage (where the losses live) to every rank
+        src = dist.get_global_rank(mpu.get_pipeline_model_parallel_group(),
+                                   mpu.get_pipeline_model_parallel_world_size() - 1)
+        names = [keys]
+        dist.broadcast_object_list(names, src=src, group=mpu.get_pipeline_model_parallel_group())
+        dist.broadcast(buf, src=src, group=mpu.get_pipeline_model_parallel_group())
+        return {k: buf[i].item() for i, k in enumerate(names[0])}
+
+    def train_step(self) -> dict:
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        self.scheduler.step(increment=1)  # step k trains with the schedule's lr(k): no wasted lr=0 step
+        outs = self._run_schedule(self._batches(self.train_ds, self.consumed), forward_only=False)
+        ok, grad_norm, _ = self.optimizer.step()
+        self.iteration += 1
+        self.consumed += self.cfg.train.global_batch_size
+        logs = self._reduce(outs)
+        logs.update(lr=self.optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm or 0.0), skipped=not ok)
+        return logs
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        if self.valid_ds is None:
+            return {}
+        for m in self.model:
+            m.eval()
+        outs = []
+        for i in range(self.cfg.train.eval_iters):  # the same held-out batches every time: comparable numbers
+            outs += self._run_schedule(self._batches(self.valid_ds, i * self.cfg.train.global_batch_size), True)
+        for m in self.model:
+            m.train()
+        return {f"val_{k}": v for k, v in self._reduce(outs).items()}
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> list[dict]:
+        cfg, t = self.cfg, self.cfg.train
+        self._install_signals()
+        start_iter = self.iteration
+        tokens_per_step = t.global_batch_size * cfg.data.seq_length * self.stage.rows_per_sample
+        peak = t.peak_tflops or _device_peak()
+        self._log0(f"training steps {self.iteration + 1}..{t.train_steps}: {self.num_micro} micro-batches x "
+                   f"{t.micro_batch_size} x DP {self.dp}; TP {cfg.parallel.tensor}, PP {cfg.parallel.pipeline}; "
+                   f"{'bf16' if self.bf16 else 'fp32'}; init param checksum {self.init_checksum!r}")
+        if t.exit_after_steps == 0:  # initialise and save only (a common starting point for several runs)
+            self.save()
+            return self.metrics
+        for m in self.model:
+            m.train()
+        while self.iteration < t.train_steps:
+            t0 = time.perf_counter()
+            logs = self.train_step()
+            dt = time.perf_counter() - t0
+            tps = tokens_per_step / dt
+            tflops = self.flops_per_token * tps / dist.get_world_size() / 1e12
+            logs.update(step=self.iteration, init_param_checksum=self.init_checksum, step_time=dt, tokens_per_s=tps,
+                        tokens_per_s_per_device=tps / dist.get_world_size(), tflops_per_device=tflops,
+                        mfu=(tflops / peak) if peak else None, consumed_samples=self.consumed)
+            if t.eval_interval and (self.iteration % t.eval_interval == 0 or self.iteration == t.train_steps):
+                logs.update(self.evaluate())
+            self._record(logs)
+            stop = (t.exit_after_steps is not None and self.iteration - start_iter >= t.exit_after_steps)
+            stop = stop or self._signal is not None
+            if (self.iteration % cfg.checkpoint.save_interval == 0 or self.iteration == t.train_steps or stop):
+                self.save()
+            if stop:
+                why = f"signal {self._signal}" if self._signal else f"exit_after_steps={t.exit_after_steps}"
+                self._log0(f"stopping at step {self.iteration} ({why}); checkpoint saved, rerun to resume")
+                break
+        return self.metrics
+
+    def save(self) -> Path:
+        return ckpt.save(self.ckpt_root, self.iteration, self.unwrapped, self.optimizer, self.scheduler,
+                         {"consumed_samples": self.consumed, "param_checksum": self.param_checksum(),
+                          "stage": self.stage.name}, keep_last=self.cfg.checkpoint.keep_last)
+
+    def _record(self, logs: dict) -> None:
+        self.metrics.append(logs)
+        if not distributed.is_logging_rank():
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(logs) + "\n")
+        if self.writer:
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and v is not None and k != "step":
+                    self.writer.add_scalar(k, v, self.iteration)
+            self.writer.flush()
+        if self.iteration % self.cfg.train.log_interval == 0 or self.iteration == 1:
+            mfu = f" mfu {logs['mfu'] * 100:.1f}%" if logs.get("mfu") else ""
+            val = f" val_loss {logs['val_loss']:.4f}" if "val_loss" in logs else ""
+            print(f"step {self.iteration:>6}/{self.cfg.train.train_steps} loss {logs['loss']:.4f}{val} "
+                  f"lr {logs['lr']:.3e} grad_norm {logs['grad_norm']:.3f} "
+                  f"{logs['tokens_per_s']:,.0f} tok/s {logs['tflops_per_device']:.3f} TFLOP/s/dev{mfu}", flush=True)
+
+    def param_checksum(self) -> float:
+        """Sum of all parameters (float64) over the whole model: equal weights give equal checksums."""
+        s = torch.zeros(1, dtype=torch.float64)
+        for p in self.unwrapped.parameters():
+            s += p.detach().double().sum().cpu()
+        if torch.cuda.is_available():
+            s = s.cuda()
+        dist.all_reduce(s, group=mpu.get_model_parallel_group())
+        return s.item()
+
+    def _install_signals(self) -> None:
+        def handler(signum, frame):
+            self._signal = signal.Signals(signum).name
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def _log0(self, msg: str) -> None:
+        if dist.get_rank() == 0:
+            print(f"[carebot] {msg}", flush=True)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+        distributed.teardown()
+
+
+def _device_peak() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def run(cfg: RunConfig, stage: Stage) -> list[dict]:
+    """Set up, train, tear down. Returns the per-step metrics this process saw."""
+    trainer = Trainer(cfg, stage)
+    try:
+        trainer.setup()
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def exit_code_for_errors(fn: Callable[[], Any]) -> int:
+    """Run `fn`; a ConfigError / CheckpointError becomes one clear line on stderr and exit code 2."""
+    try:
+        fn()
+        return 0
+    except (ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
+        print(f"carebot: error: {e}", file=sys.stderr, flush=True)
+        return 2

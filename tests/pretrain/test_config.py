@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import pytest
+
+from pretrain.config import ConfigError, load_config
+from pretrain.model import flops_per_token, num_params, padded_vocab_size
+
+
+def test_recipes_inherit_and_state_only_differences():
+    stable = load_config("stable_cpt.yaml")
+    boost = load_config("boost_cpt.yaml")
+    assert (stable.optim.lr, stable.train.train_steps, stable.optim.warmup_ratio) == (8e-6, 18000, 0.1)
+    assert (boost.optim.lr, boost.train.train_steps, boost.optim.warmup_ratio) == (2e-6, 7000, 0.1)
+    assert boost.checkpoint.init_from == "runs/stable_cpt/checkpoints" and not boost.checkpoint.init_optimizer
+    assert stable.data.seq_length == boost.data.seq_length == 4096
+    # ~4M-token global batches on 24 GPUs (TP4 x PP2 x DP3)
+    assert abs(stable.train.global_batch_size * 4096 - 4e6) / 4e6 < 0.05
+    assert stable.train.global_batch_size % 3 == 0 and stable.parallel.tensor * stable.parallel.pipeline == 8
+    tiny = load_config("tiny_boost_cpt.yaml", ["train.train_steps=3"])
+    assert tiny.model.hidden_size == 64 and tiny.train.train_steps == 3 and tiny.name == "tiny_boost_cpt"
+
+
+def test_overrides_are_typed():
+    c = load_config(None, ["train.train_steps=7", "optim.lr=1e-3", "train.tensorboard=false"])
+    assert c.train.train_steps == 7 and c.optim.lr == 1e-3 and c.train.tensorboard is False
+    with pytest.raises(ConfigError, match="train.train_steps: expected int"):
+        load_config(None, ["train.train_steps=1.5"])
+    with pytest.raises(ConfigError, match="recipe not found"):
+        load_config("no_such_recipe.yaml")
+
+
+def test_llama3_8b_shape_counts():
+    m = load_config("stable_cpt.yaml").model
+    assert num_params(m, 128256) == 8_030_261_248  # Meta-Llama-3-8B
+    assert padded_vocab_size(128256, 128, 4) == 128512
+    # 6N-style sanity: FLOPs/token within 20% of 6 x params at seq 4096
+    assert 1.0 < flops_per_token(m, 128256, 4096) / (6 * 8.03e9) < 1.2

@@ -1,0 +1,155 @@
+"""The one trainer, for real: megatron-core on gloo, real text, tiny LLaMA-3-shaped model."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_pretrain(out: Path, overrides: list[str], nproc: int = 1, recipe: str = "tiny_stable_cpt.yaml",
+                 check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "pretrain.train"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(_port()), "-m", "pretrain.train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run(cmd + ["--config", recipe, f"output_dir={out}", *overrides], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def base(cpt_prefixes, small_tokenizer_dir) -> list[str]:
+    p = cpt_prefixes
+    return [f"data.tokenizer={small_tokenizer_dir}",
+            f"data.data_path=[0.5, {p['medical_en']}, 0.3, {p['medical_zh']}, 0.2, {p['general_en']}]",
+            "data.seq_length=64", "train.micro_batch_size=2", "train.global_batch_size=8",
+            "train.eval_interval=0", "train.log_interval=5", "train.tensorboard=false"]
+
+
+def test_cli_lists_stages():
+    out = subprocess.run(["carebot", "--help"], capture_output=True, text=True, check=True).stdout
+    for stage in ("pretrain", "sft", "dpo", "convert", "eval", "launch", "bench", "demo", "data tokenize"):
+        assert stage in out
+
+
+def test_loss_decreases_on_real_text(tmp_path, base):
+    run_pretrain(tmp_path, base + ["train.train_steps=50", "optim.lr=3e-3", "checkpoint.save_interval=1000"])
+    m = metrics(tmp_path)
+    assert [r["step"] for r in m] == list(range(1, 51))
+    first, last = m[0]["loss"], sum(r["loss"] for r in m[-5:]) / 5
+    assert first > 7.5  # ~ln(4096) at init
+    assert last < first - 1.0, (first, last)
+    assert all(r["tokens_per_s"] > 0 and r["tflops_per_device"] > 0 for r in m)
+
+
+@pytest.fixture(scope="module")
+def init_ckpt(tmp_path_factory, base) -> Path:
+    """One TP=PP=1 initial checkpoint that every layout starts from."""
+    out = tmp_path_factory.mktemp("init")
+    run_pretrain(out, base + ["train.train_steps=5", "train.exit_after_steps=0"])
+    assert (out / "checkpoints" / "latest").read_text() == "iter_0000000"
+    return out / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def reference_losses(tmp_path_factory, base, init_ckpt) -> list[float]:
+    out = tmp_path_factory.mktemp("ref")
+    run_pretrain(out, base + ["train.train_steps=5", f"checkpoint.init_from={init_ckpt}"])
+    return [r["loss"] for r in metrics(out)]
+
+
+@pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.pipeline=2"], []],
+                         ids=["tp2", "pp2", "dp2"])
+def test_parallel_layouts_match_single_process(tmp_path, base, init_ckpt, reference_losses, layout):
+    """Loaded resharded from the TP=PP=1 checkpoint, 2-process runs reproduce the single-process curve."""
+    run_pretrain(tmp_path, base + layout + ["train.train_steps=5", f"checkpoint.init_from={init_ckpt}"], nproc=2)
+    losses = [r["loss"] for r in metrics(tmp_path)]
+    assert len(losses) == 5
+    for a, b in zip(losses, reference_losses):
+        assert abs(a - b) / abs(b) < 1e-4, (losses, reference_losses)
+    assert losses[-1] < losses[0]  # it trained
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, base) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    run_pretrain(out, base + ["train.train_steps=20", "checkpoint.save_interval=100"])
+    return out
+
+
+def test_exact_resume_is_bitwise(tmp_path, base, straight_run):
+    over = base + ["train.train_steps=20", "checkpoint.save_interval=100"]
+    run_pretrain(tmp_path, over + ["train.exit_after_steps=10"])  # the process exits after step 10
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "iter_0000010"
+    # a save interrupted mid-way (no metadata, never published) must be ignored
+    torn = tmp_path / "checkpoints" / "iter_0000015.tmp"
+    torn.mkdir()
+    (torn / "common.pt").write_bytes(b"\0" * 100)
+    run_pretrain(tmp_path, over)
+    straight, resumed = metrics(straight_run), metrics(tmp_path)
+    assert [r["step"] for r in resumed] == list(range(1, 21))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bitwise (floats compared exactly)
+    assert [r["grad_norm"] for r in resumed[10:]] == [r["grad_norm"] for r in straight[10:]]
+
+
+def test_stable_to_boost_weights_and_schedule(tmp_path, base, straight_run):
+    stable = straight_run / "checkpoints"
+    run_pretrain(tmp_path, base + ["train.train_steps=10", "optim.lr=1e-3", "optim.min_lr=1e-4",
+                                   f"checkpoint.init_from={stable}"], recipe="tiny_boost_cpt.yaml")
+    import torch
+
+    common = torch.load(stable / "iter_0000020" / "common.pt", weights_only=False)
+    boost = metrics(tmp_path)
+    assert boost[0]["init_param_checksum"] == common["carebot"]["param_checksum"]
+    # new schedule: 10% warmup (1 step) then cosine from 1e-3 to 1e-4 over 10 steps
+    expect = [1e-3 * min(1.0, k / 1) if k <= 1 else
+              1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (k - 1) / 9)) for k in range(1, 11)]
+    assert [r["lr"] for r in boost] == pytest.approx(expect, rel=1e-9)
+    # starting from the stable weights, not from scratch: the first boost loss is far below stable's first
+    assert boost[0]["loss"] < metrics(straight_run)[0]["loss"] - 0.5
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["data.data_path=[1.0, /nonexistent/prefix]"], "data prefix not found: /nonexistent/prefix"),
+    (["model.vocab_size=128256"], "vocab size mismatch"),
+    (["parallel.tensor=2", "model.num_attention_heads=5", "model.num_query_groups=5", "model.hidden_size=80"],
+     "tensor parallel size 2 does not divide num_attention_heads 5"),
+    (["train.bogus_key=1"], "unknown config key(s): train.bogus_key"),
+], ids=["missing-prefix", "vocab", "tp-heads", "unknown-key"])
+def test_bad_input_is_one_clear_line(tmp_path, base, override, needle, capsys):
+    """Checked before any process group starts: in-process, exit code 2, one line, no traceback."""
+    from pretrain.train import main
+
+    assert main(["--config", "tiny_stable_cpt.yaml", f"output_dir={tmp_path}", *base, *override]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bad_global_batch_is_one_clear_line(tmp_path, base):
+    p = run_pretrain(tmp_path, base + ["train.global_batch_size=6", "train.micro_batch_size=4"], check=False)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "global_batch_size 6 is not divisible by micro_batch_size 4 x data-parallel size 1" in p.stderr
+    assert "Traceback" not in p.stderr
