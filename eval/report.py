@@ -192,18 +192,18 @@ def plot_bars(rows: list[dict], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r["scores"]]
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(COLUMNS) + 0.3 * len(rows)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(10, 1.4 * len(COLUMNS) + 0.3 * len(rows)), 4.5))
     w = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
         xs = [k + (i - (len(rows) - 1) / 2) * w for k in range(len(COLUMNS))]
         ys = [r["scores"].get(b, (float("nan"), None))[0] for b in COLUMNS]
         es = [r["scores"].get(b, (0, 0))[1] or 0 for b in COLUMNS]
-        ax.bar(xs, ys, w, yerr=es, label=r["name"], capsize=2)
+        ax.bar(xs, ys, w, yerr=es if any(es) else None, label=r["name"], capsize=2)  # std bars only where measured
     ax.set_xticks(range(len(COLUMNS)), [BENCHMARKS[b].title for b in COLUMNS], rotation=20)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.set_title("Medical MCQ benchmarks")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a bar
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -228,6 +228,7 @@ def plot_turns(runs: list[dict], path: Path) -> Path | None:
     for label, xs, ys in series:
         ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel("turn")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("judge score (avg of 4 dimensions, 1-5)")
     ax.set_ylim(1, 5)
     ax.set_title("Consultation score per turn")
