@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,53 +47,89 @@ class TokenizeConfig:
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
+def hf_facts(tok_json_path: str, eod_token: str | None, sample: list[str]) -> dict:
+    """What HF `tokenizers` says about a tokenizer: the special tokens tokenizer(text) adds around a text, the EOD
+    id, the vocab size, and reference ids for `sample`. Run in a spawned process beside gigatoken's own load."""
+    import tokenizers
+
+    hf = tokenizers.Tokenizer.from_file(tok_json_path)
+    probe = hf.encode("Hello").ids
+    bare = hf.encode("Hello", add_special_tokens=False).ids
+    at = next(i for i in range(len(probe) - len(bare) + 1) if probe[i:i + len(bare)] == bare)
+    out = {"prefix": probe[:at], "suffix": probe[at + len(bare):], "vocab_size": hf.get_vocab_size(True),
+           "ids": [e.ids for e in hf.encode_batch(sample, add_special_tokens=False)]}
+    try:
+        out["eod"] = _eod(hf, Path(tok_json_path).parent, eod_token)
+    except ValueError as e:
+        out["error"] = str(e)
+    return out
+
+
+def _eod(hf, tok_dir: Path, name: str | None) -> int:
+    if name is not None:
+        tid = int(name) if name.isdigit() else hf.token_to_id(name)
+        if tid is None:
+            raise ValueError(f"--eod-token {name!r} is not in the tokenizer's vocabulary")
+        return tid
+    if (tid := hf.token_to_id("<|end_of_text|>")) is not None:  # LLaMA-3 pretraining document end
+        return tid
+    cfg = tok_dir / "tokenizer_config.json"
+    eos = json.loads(cfg.read_text()).get("eos_token") if cfg.is_file() else None
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    if eos and (tid := hf.token_to_id(eos)) is not None:
+        return tid
+    raise ValueError(f"{tok_dir}: cannot tell the end-of-document token; pass --eod-token")
+
+
 class Encoder:
-    """Token ids for Arrow string columns, via gigatoken or HF `tokenizers` (the reference)."""
+    """Token ids for Arrow string columns, via gigatoken or HF `tokenizers` (the reference).
 
-    def __init__(self, tok_path: str, engine: str, eod_token: str | None):
-        import tokenizers
+    With gigatoken, HF `tokenizers` is loaded in a spawned process at the same time (both loads are
+    single-threaded, ~1 s each) to give the special tokens and reference ids for the start-up check;
+    its ~200 MB never enter this process unless the check fails and HF must do the work."""
 
+    def __init__(self, tok_path: str, engine: str, eod_token: str | None, sample: list[str] = ()):
         p = Path(tok_path)
         tj = p / "tokenizer.json" if p.is_dir() else p
-        if tj.is_file():
-            self.tok_json = tj.read_bytes()
-            self.hf = tokenizers.Tokenizer.from_str(self.tok_json.decode())
-        else:  # slow / sentencepiece-only directory: let transformers convert it once
+        self.dir = p if p.is_dir() else p.parent
+        if not tj.is_file():  # slow / sentencepiece-only directory: let transformers convert it once
             from pretrain.tokenizer import load_tokenizer
 
-            self.hf = load_tokenizer(p).backend_tokenizer
-            self.tok_json = self.hf.to_str().encode()
+            tj = Path(tempfile.mkdtemp(prefix="carebot-tok-")) / "tokenizer.json"
+            tj.write_text(load_tokenizer(p).backend_tokenizer.to_str())
+        self.tok_json = tj.read_bytes()
         self.fingerprint = hashlib.sha256(self.tok_json).hexdigest()
-        self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
-        self.dir = p if p.is_dir() else p.parent
-        probe = self.hf.encode("Hello").ids
-        bare = self.hf.encode("Hello", add_special_tokens=False).ids
-        at = next(i for i in range(len(probe) - len(bare) + 1) if probe[i:i + len(bare)] == bare)
-        self.prefix, self.suffix = probe[:at], probe[at + len(bare):]
-        self.eod = self._eod(eod_token)
-        self.engine, self.giga = "hf", None
-        if engine in ("auto", "gigatoken"):
-            import gigatoken
+        sample = list(VERIFY_SAMPLE) + list(sample)
+        self.engine, self.giga, self.hf = "hf", None, None
+        if engine == "hf":
+            facts = hf_facts(str(tj), eod_token, [])
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-            self.giga = gigatoken.Tokenizer.from_json(self.tok_json)
-            self.engine = "gigatoken"
+            import data_tools.tokenize as this  # picklable by module name even when run as __main__
 
-    def _eod(self, name: str | None) -> int:
-        if name is not None:
-            if name.isdigit():
-                return int(name)
-            tid = self.hf.token_to_id(name)
-            if tid is None:
-                raise SystemExit(f"--eod-token {name!r} is not in the tokenizer's vocabulary")
-            return tid
-        if (tid := self.hf.token_to_id("<|end_of_text|>")) is not None:  # LLaMA-3 pretraining document end
-            return tid
-        cfg = self.dir / "tokenizer_config.json"
-        eos = json.loads(cfg.read_text()).get("eos_token") if cfg.is_file() else None
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        if eos and (tid := self.hf.token_to_id(eos)) is not None:
-            return tid
-        raise SystemExit(f"{self.dir}: cannot tell the end-of-document token; pass --eod-token")
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                fut = pool.submit(this.hf_facts, str(tj), eod_token, sample if engine == "auto" else [])
+                import gigatoken
+
+                self.giga, self.engine = gigatoken.Tokenizer.from_json(self.tok_json), "gigatoken"
+                got = self.giga.encode_batch_list(sample) if engine == "auto" else []
+                facts = fut.result()
+            for t, r, g in zip(sample, facts["ids"], got):
+                if r != list(g):
+                    print(f"[tokenize] gigatoken differs from HF tokenizers on {t[:60]!r}...: "
+                          "using HF tokenizers for this run", file=sys.stderr)
+                    self.giga, self.engine = None, "hf"
+                    break
+        if "error" in facts:
+            raise SystemExit(facts["error"])
+        self.prefix, self.suffix, self.eod = facts["prefix"], facts["suffix"], facts["eod"]
+        self.vocab_size = facts["vocab_size"]
+        if self.giga is None:
+            import tokenizers
+
+            self.hf = tokenizers.Tokenizer.from_str(self.tok_json.decode())
 
     def encode_hf(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         enc = getattr(self.hf, "encode_batch_fast", self.hf.encode_batch)(texts, add_special_tokens=False)
@@ -115,35 +152,6 @@ class Encoder:
             index, ak.contents.NumpyArray(data, parameters={"__array__": "char"}), parameters={"__array__": "string"}))
         lay = self.giga.encode_batch(arr).layout
         return np.asarray(lay.content.data), np.asarray(lay.offsets.data, dtype=np.int64)
-
-    def verify(self, texts: list[str]) -> bool:
-        """Switch to HF `tokenizers` for the whole run if gigatoken disagrees on any sample document."""
-        if self.giga is None:
-            return False
-        sample = VERIFY_SAMPLE + texts
-        ref = self.hf.encode_batch(sample, add_special_tokens=False)
-        got = self.giga.encode_batch_list(sample)
-        for t, r, g in zip(sample, ref, got):
-            if r.ids != list(g):
-                print(f"[tokenize] gigatoken differs from HF tokenizers on {t[:60]!r}...: "
-                      "using HF tokenizers for this run", file=sys.stderr)
-                self.giga, self.engine = None, "hf"
-                return False
-        return True
-
-    def drop_reference(self) -> None:
-        """Free the HF tokenizer once gigatoken is verified: ~200 MB of RSS, given back to the OS."""
-        if self.giga is None:
-            return
-        import ctypes
-        import gc
-
-        self.hf = None
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc: memory is reused, just not returned
-            pass
 
     def encode(self, col) -> tuple[np.ndarray, np.ndarray]:
         return self.encode_giga(col) if self.giga is not None else self.encode_hf(col.to_pylist())
@@ -258,6 +266,19 @@ def make_renderer(tok_dir: Path, key: str):
 
 
 # ---------------------------------------------------------------------------------------------- run
+def _sample(files: list[Path], keys: list[str], render, n: int) -> list[str]:
+    """The first documents of (up to) 8 shards, for the start-up check of gigatoken against HF."""
+    from data_tools.token_sources import FileStats
+
+    out: list[str] = []
+    for f in files[:8]:
+        it = _iter_shard(f, keys, FileStats(str(f)), 1 << 20, False, render)
+        cols = next(it, None)
+        it.close()
+        out += cols[keys[0]].slice(0, n // min(8, len(files))).to_pylist() if cols else []
+    return out
+
+
 def _iter_shard(f: Path, keys, stats, chunk: int, strict: bool, render):
     from data_tools.token_sources import iter_jsonl, iter_parquet
 
@@ -278,17 +299,19 @@ def run(cfg: TokenizeConfig) -> dict:
 
     t0 = time.time()
     files = expand_inputs(cfg.inputs)
-    enc = Encoder(cfg.tokenizer, cfg.engine, cfg.eod_token)
-    dtype = optimal_dtype(enc.vocab_size)
-    prefix = list(enc.prefix) if cfg.bos else []
     render = None
     if cfg.chat:
-        render, bos_text = make_renderer(enc.dir, cfg.json_keys[0])
+        render, bos_text = make_renderer(Path(cfg.tokenizer), cfg.json_keys[0])
+    keys = cfg.json_keys[:1] if cfg.chat else cfg.json_keys
+    enc = Encoder(cfg.tokenizer, cfg.engine, cfg.eod_token,
+                  _sample(files, keys, render, cfg.verify_docs) if cfg.engine == "auto" else [])
+    dtype = optimal_dtype(enc.vocab_size)
+    prefix = list(enc.prefix) if cfg.bos else []
+    if cfg.chat:
         if bos_text and render({"messages": [{"role": "user", "content": "x"}]}).startswith(bos_text):
             prefix = []  # the template already opens with BOS
     suffix = list(enc.suffix) if cfg.bos else []
     suffix += [enc.eod] if cfg.append_eod else []
-    keys = cfg.json_keys[:1] if cfg.chat else cfg.json_keys
     Path(cfg.output_prefix).parent.mkdir(parents=True, exist_ok=True)
     setup = {"config": asdict(cfg), "tokenizer_sha256": enc.fingerprint, "prefix_ids": prefix, "suffix_ids": suffix,
              "dtype": dtype.name, "inputs": [_file_key(f) for f in files]}
@@ -321,15 +344,6 @@ def run(cfg: TokenizeConfig) -> dict:
 
     done_paths = {d["file"]["path"] for d in prog["done"]}
     todo = [f for f in files if str(f.resolve()) not in done_paths]
-    if cfg.engine == "auto" and todo:  # verify on the first documents of (up to) 8 shards, then free HF
-        sample = []
-        for f in todo[:8]:
-            it = _iter_shard(f, keys, FileStats(str(f)), 1 << 20, False, render)
-            cols = next(it, None)
-            it.close()
-            sample += cols[keys[0]].slice(0, cfg.verify_docs // min(8, len(todo))).to_pylist() if cols else []
-        enc.verify(sample)
-    enc.drop_reference()
     pbar = tqdm(total=sum(f.stat().st_size for f in todo), unit="B", unit_scale=True, desc="tokenize",
                 disable=None, file=sys.stderr)
     chunk = cfg.chunk_mb << 20

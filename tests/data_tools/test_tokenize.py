@@ -225,3 +225,16 @@ def test_rerun_is_up_to_date_and_lang_rule(tmp_path, llama3_tokenizer_dir, capsy
     assert os.stat(tmp_path / "o_text_document.bin").st_mtime_ns == mtime
     col = pa.array(["阿司匹林 aspirin 用于退热", "The drug aspirin (阿司匹林) lowers fever and relieves mild pain in most adult patients", "---", "x"])
     assert script_lang(col).tolist() == [0, 1, 2, 1]
+
+
+def test_mismatch_falls_back_to_hf(tmp_path, monkeypatch, llama3_tokenizer_dir, llama3_tokenizer, capsys):
+    import gigatoken
+
+    real = gigatoken.Tokenizer.encode_batch_list
+    monkeypatch.setattr(gigatoken.Tokenizer, "encode_batch_list",
+                        lambda self, xs, **k: [list(ids) + [1] for ids in real(self, xs, **k)])
+    src = write_jsonl(tmp_path / "t.jsonl", ["病人，男，49岁。", "fever and cough"])
+    (m,) = run(TokenizeConfig(inputs=[str(src)], output_prefix=str(tmp_path / "o"),
+                              tokenizer=str(llama3_tokenizer_dir))).values()
+    assert m["engine"] == "hf" and "using HF tokenizers" in capsys.readouterr().err
+    assert read_back(m["prefix"]) == [llama3_tokenizer(t)["input_ids"] + [EOD] for t in ["病人，男，49岁。", "fever and cough"]]
