@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domain-lang-ratio", nargs="+", metavar="DOMAIN:zh=A,en=B",
                     help="per-domain zh:en instead of the product rule, e.g. medical:zh=1,en=9 general:zh=1,en=1")
     ap.add_argument("--train-tokens", type=float, help="tokens the run will consume (else steps x gbs x seq)")
+    ap.add_argument("--recipe", help="trainer recipe YAML: train_steps x global_batch_size x seq_length")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--global-batch-size", type=int)
     ap.add_argument("--seq-length", type=int, default=None)
@@ -208,6 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-samples", type=int, default=20000)
     a = ap.parse_args(argv)
 
+    if a.recipe:  # the step count the epochs check is about, straight from the trainer's recipe
+        import yaml
+
+        r = yaml.safe_load(Path(a.recipe).read_text()) or {}
+        a.steps = a.steps or r.get("train", {}).get("train_steps")
+        a.global_batch_size = a.global_batch_size or r.get("train", {}).get("global_batch_size")
+        a.seq_length = a.seq_length or r.get("data", {}).get("seq_length")
+        if not (a.steps and a.global_batch_size and a.seq_length):
+            raise SystemExit(f"--recipe {a.recipe}: needs train.train_steps, train.global_batch_size, data.seq_length")
     base = RECIPES[a.kind]
     lang_ratio = a.lang_ratio or base.lang_ratio
     if a.domain_lang_ratio:

@@ -93,6 +93,11 @@ def test_cli_writes_fragment_and_reports_short_buckets(shards, tmp_path, capsys)
     assert "medical_zh needs 2.38 epochs" in err and "medical_en needs 3.56 epochs" in err and "general" not in err
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["buckets"]["medical_zh"]["epochs_needed"] == pytest.approx(2.375)
+    # the same numbers straight from a trainer recipe
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: {train_steps: 100, global_batch_size: 10}\ndata: {seq_length: 1000}\n")
+    assert main(["--kind", "stable", "--manifests", root, "--out", str(out), "--recipe", str(recipe)]) == 1
+    assert json.loads(out.with_suffix(".json").read_text())["train_tokens"] == 1_000_000
 
 
 def test_missing_bucket_is_an_error(shards):
