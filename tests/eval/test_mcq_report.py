@@ -54,14 +54,14 @@ def test_three_seeds_report_and_plots(tiny_llama3_lm_dir, second_model, tmp_path
     runs = []
     for name, model in (("tiny-a", tiny_llama3_lm_dir), ("tiny-b", second_model)):
         out = tmp_path / name
-        common = ["--model", str(model), "--out", str(out), "--name", name, "--limit", "24", "--seeds", "0,1,2"] + paths
+        common = ["--model", str(model), "--out", str(out), "--name", name, "--limit", "12", "--seeds", "0,1,2"] + paths
         assert eval_main(["mcq", *common, "--benchmarks", "medqa,cmmlu_med", "--permutations", "1"]) == 0
         # CMB by sampled generation: the three seeds really differ
         assert eval_main(["mcq", *common, "--benchmarks", "cmb", "--temperature", "1.0", "--max-new-tokens", "4"]) == 0
         runs.append(out)
     s = json.loads((runs[0] / "mcq_summary.json").read_text())
     med = s["benchmarks"]["medqa"]
-    assert med["n"] == 24 and len(med["runs"]) == 3 and med["deterministic"] and med["acc_std"] == 0.0
+    assert med["n"] == 12 and len(med["runs"]) == 3 and med["deterministic"] and med["acc_std"] == 0.0
     assert "deterministic" in med["randomness"] and 0 <= med["acc_mean"] <= 1
     assert "robustness" in med and len(med["robustness"]["acc"]) == 2  # apart from the headline
     cmb = s["benchmarks"]["cmb"]
@@ -85,7 +85,7 @@ def test_three_seeds_report_and_plots(tiny_llama3_lm_dir, second_model, tmp_path
     assert rows["CareBot-Chat (paper)"]["avg5"] == pytest.approx(61.58, abs=0.01)  # the paper's Table 1 average
     assert rows["tiny-a"]["avg5"] is None  # MMLU-Med and C-Eval-Med not run: no fake average
     sig = [x for x in rep["significance"] if x["benchmark"] == "medqa"]
-    assert len(sig) == 1 and sig[0]["n"] == 24 and (sig[0]["p"] is None or 0 <= sig[0]["p"] <= 1)
+    assert len(sig) == 1 and sig[0]["n"] == 12 and (sig[0]["p"] is None or 0 <= sig[0]["p"] <= 1)
     text = (rep_dir / "report.md").read_text()
     assert "| Models | MedQA | MMLU-Med | CMB | CMMLU-Med | C-Eval-Med | Avg. (5) | MedMCQA | PubMedQA | Avg. (7) |" in text
     assert "Paired t-test" in text and "cmb_clin" in text
