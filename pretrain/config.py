@@ -78,6 +78,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     tensorboard: bool = True
     exit_after_steps: int | None = None  # stop (with a checkpoint) after this many steps of this run
+    epochs: float | None = None  # set: train_steps = ceil(epochs * samples per epoch / global batch) (SFT, DPO)
     peak_tflops: float | None = None  # per device, for MFU; None: looked up from the device name
 
 
@@ -88,6 +89,7 @@ class CheckpointConfig:
     init_from: str | None = None  # weights to start from with a NEW schedule (Boost CPT, SFT, DPO)
     init_optimizer: bool = False  # with init_from: carry the optimizer moments over too
     keep_last: int = 2
+    keep_best: bool = False  # also keep the checkpoint with the lowest val_loss under OUT/best (SFT)
 
 
 @dataclass(kw_only=True)
@@ -177,9 +179,12 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Recipe YAML (+ its `base:` chain) + dotted overrides -> RunConfig."""
-    d = _load_yaml(Path(recipe)) if recipe else {}
+def load_config(recipe: str | Path | list | None, overrides: list[str] | None = None) -> RunConfig:
+    """Recipe YAML(s) (each with its `base:` chain, merged left to right, e.g. a recipe then the data
+    fragment `carebot data blend` wrote) + dotted overrides -> RunConfig."""
+    d: dict = {}
+    for r in ([recipe] if isinstance(recipe, (str, Path)) else recipe or []):
+        d = _merge(d, _load_yaml(Path(r)))
     d = _merge(d, parse_overrides(overrides or []))
     return from_dict(RunConfig, d)
 

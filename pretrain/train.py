@@ -18,7 +18,8 @@ CPT = Stage(name="cpt", build_datasets=_cpt_datasets)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="carebot pretrain", description=__doc__)
-    ap.add_argument("--config", required=True, help="recipe YAML (e.g. stable_cpt.yaml, tiny_stable_cpt.yaml)")
+    ap.add_argument("--config", required=True, nargs="+",
+                    help="recipe YAML(s), merged left to right (e.g. stable_cpt.yaml runs/blend/stable.yaml)")
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train_steps=50")
     args = ap.parse_args(argv)
     return exit_code_for_errors(lambda: run(load_config(args.config, args.overrides), CPT))
