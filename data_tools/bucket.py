@@ -1,0 +1,61 @@
+"""`carebot data bucket`: split curated docs into {medical, general, medical_hq} x {zh, en} jsonl shards.
+
+medical_hq = domain "medical" with DataRater quality >= hq_threshold (BAAI's DataRater card: >= 4 is
+"absolutely high quality"; the Boost stage of CPT up-weights it); medical = the other medical docs;
+general = the rest. Language from the `lang` field, else detected (CJK share). Shards of at most
+`shard_docs` docs: <out>/<bucket>_<lang>/part-00000.jsonl, plus manifest.json with counts per bucket.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from data_tools.docs import InputError, doc_text, lang_of, read_jsonl, write_json, write_jsonl
+
+BUCKETS = ("medical", "general", "medical_hq")
+
+
+def bucket_of(rec: dict[str, Any], hq_threshold: float = 4.0, min_domain_prob: float = 0.5) -> str:
+    med = rec.get("domain") == "medical" and float(rec.get("domain_prob", 1.0)) >= min_domain_prob
+    if not med:
+        return "general"
+    return "medical_hq" if float(rec.get("quality", 0.0)) >= hq_threshold else "medical"
+
+
+def bucketize(recs: Iterable[dict[str, Any]], out: Path, hq_threshold: float = 4.0, shard_docs: int = 100_000) -> dict[str, Any]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        lang = r.get("lang") if r.get("lang") in ("zh", "en") else lang_of(doc_text(r))
+        groups[f"{bucket_of(r, hq_threshold)}_{lang}"].append(r)
+    manifest: dict[str, Any] = {"hq_threshold": hq_threshold, "buckets": {}}
+    for name, rs in sorted(groups.items()):
+        shards = []
+        for k in range(0, len(rs), shard_docs):
+            p = out / name / f"part-{k // shard_docs:05d}.jsonl"
+            write_jsonl(p, rs[k : k + shard_docs])
+            shards.append(str(p.relative_to(out)))
+        manifest["buckets"][name] = {"docs": len(rs), "chars": sum(len(doc_text(r)) for r in rs), "shards": shards}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="carebot data bucket", description=__doc__.splitlines()[0])
+    ap.add_argument("--input", nargs="+", required=True, help="jsonl with domain (+domain_prob) and quality fields")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--hq-threshold", type=float, default=4.0)
+    ap.add_argument("--shard-docs", type=int, default=100_000)
+    a = ap.parse_args(argv)
+
+    def recs() -> Iterable[dict]:
+        for p in a.input:
+            if not Path(p).exists():
+                raise InputError(f"{p}: no such input file")
+            yield from read_jsonl(p)
+
+    m = bucketize(recs(), Path(a.out), a.hq_threshold, a.shard_docs)
+    print(json.dumps({k: v["docs"] for k, v in m["buckets"].items()}))
+    return 0
