@@ -319,7 +319,29 @@ def resolve_checkpoint(path: str | Path) -> Path:
     it = ckpt.resolve(path)
     if it is None:
         raise ckpt.CheckpointError(f"no megatron checkpoint at {path} (neither a `latest` pointer nor metadata.json)")
+    check_complete(it)
     return it
+
+
+def check_complete(it: Path) -> None:
+    """Every byte range the torch_dist `.metadata` points at must exist: catches truncated or missing shards
+    before a load fails deep inside torch.distributed.checkpoint."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        storage = FileSystemReader(str(it)).read_metadata().storage_data
+    except Exception as e:
+        raise ckpt.CheckpointError(f"{it}: unreadable torch_dist metadata ({type(e).__name__}: {e})") from e
+    need: dict[str, int] = {}
+    for info in storage.values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    for rel, n in sorted(need.items()):
+        f = it / rel
+        have = f.stat().st_size if f.exists() else -1
+        if have < n:
+            raise ckpt.CheckpointError(f"{f}: truncated checkpoint shard ({max(have, 0)} bytes, metadata says "
+                                       f"{n}); re-copy or re-save the checkpoint" if have >= 0 else
+                                       f"{f}: checkpoint shard missing")
 
 
 def save_model_checkpoint(root: Path, model, meta: dict) -> Path:
@@ -513,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(res, indent=1, ensure_ascii=False), flush=True)
         return 0
     except (ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
-        print(f"carebot convert: error: {e}", file=sys.stderr, flush=True)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # one line, always
+        print(f"carebot convert: error: {msg}", file=sys.stderr, flush=True)
         return 2
     finally:
         if "pretrain.distributed" in sys.modules:  # only a command that started process groups

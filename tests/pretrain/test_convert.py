@@ -1,0 +1,254 @@
+"""HF LLaMA <-> megatron-core conversion, for real: a tiny GQA LLaMA-3-shaped HF model built here, converted,
+loaded by megatron-core at TP/PP layouts on gloo, trained by `carebot pretrain` at TP=2 x PP=2, exported back,
+compared by logits / loss / greedy generation on real zh + en text."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# several `carebot convert` commands in ONE process: the import + process-group start is paid once
+DRIVER = "import json, sys\nfrom pretrain.convert import main\nprint('RCS=' + json.dumps([main(a) for a in json.loads(sys.argv[1])]))"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def convert_calls(*calls: list[str]) -> tuple[list[int], str]:
+    p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([[str(x) for x in c] for c in calls])], cwd=REPO,
+                       env=ENV, capture_output=True, text=True, timeout=900)
+    rcs = [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("RCS=")]
+    assert p.returncode == 0 and rcs, f"driver failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+    return rcs[0], p.stderr
+
+
+def torchrun(nproc: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
+           str(_port()), "-m", module, *[str(a) for a in args]]
+    p = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, f"{module} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
+    return p
+
+
+def tensors_of(hf_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory, small_tokenizer_dir) -> Path:
+    """LLaMA-3-shaped: GQA 4 heads / 2 KV heads, hidden 64, 2 layers, RoPE theta 500000, untied embeddings.
+    Norm weights perturbed away from 1 so a swapped norm cannot go unnoticed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pretrain.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(small_tokenizer_dir)
+    out = tmp_path_factory.mktemp("tiny-hf")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0, tie_word_embeddings=False,
+                      initializer_range=0.1, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_hf, tmp_path_factory) -> dict[str, Path]:
+    """HF -> Megatron (for TP=2) and straight back, in one process."""
+    d = tmp_path_factory.mktemp("converted")
+    rcs, err = convert_calls(["hf-to-megatron", "--hf", tiny_hf, "--out", d / "mcore", "--tensor", "2"],
+                             ["megatron-to-hf", "--megatron", d / "mcore", "--out", d / "roundtrip"])
+    assert rcs == [0, 0], err[-3000:]
+    return {"mcore": d / "mcore", "roundtrip": d / "roundtrip"}
+
+
+def test_mapping_table_qkv_interleave_and_inverse():
+    """Megatron's fused QKV is per query group [q heads of the group, k, v]; fc1 is [gate; up]; padding rows
+    are added then removed. Every row's two directions are inverses."""
+    from pretrain.config import ModelConfig
+    from pretrain.convert import dims, expand_rows
+
+    m = ModelConfig(num_layers=1, hidden_size=8, ffn_hidden_size=6, num_attention_heads=4, num_query_groups=2)
+    d = dims(m, vocab=10, padded=16)
+    hd = d.head_dim  # 2
+    q = torch.arange(4).repeat_interleave(hd).float()[:, None].expand(8, 8).clone()  # row value = q head id
+    k = (10 + torch.arange(2).repeat_interleave(hd)).float()[:, None].expand(4, 8).clone()
+    v = (20 + torch.arange(2).repeat_interleave(hd)).float()[:, None].expand(4, 8).clone()
+    rows = {name: row for name, _, row in expand_rows(m)}
+    qkv = rows["decoder.layers.0.self_attention.linear_qkv.weight"]
+    fused = qkv.to_megatron((q, k, v), d)
+    heads_in_order = fused[::hd, 0].tolist()
+    assert heads_in_order == [0, 1, 10, 20, 2, 3, 11, 21]
+    for name, row in rows.items():
+        shapes = {"qkv": [(8, 8), (4, 8), (4, 8)], "fc1": [(6, 8), (6, 8)]}
+        key = "qkv" if "qkv" in name else "fc1" if "fc1" in name else None
+        if key:
+            hf = tuple(torch.randn(s) for s in shapes[key])
+        elif "embedding" in name or "output_layer" in name:
+            hf = (torch.randn(10, 8),)
+        else:
+            hf = (torch.randn(8, 8),)
+        mt = row.to_megatron(hf, d)
+        if "embedding" in name:
+            assert mt.shape == (16, 8) and torch.equal(mt[10:], torch.zeros(6, 8))
+        back = row.to_hf(mt, d)
+        assert all(torch.equal(a, b) for a, b in zip(hf, back)), name
+
+
+def test_hf_to_megatron_logits_parity_tp1_tp2_pp2(tiny_hf, converted, tmp_path):
+    """Acceptance 1: one 2-process run loads the converted checkpoint at TP1xPP1 (x DP2), TP2 and PP2."""
+    summary = tmp_path / "verify.json"
+    torchrun(2, "pretrain.convert", ["verify", "--hf", tiny_hf, "--megatron", converted["mcore"],
+                                     "--layouts", "1x1,2x1,1x2", "--summary", summary])
+    s = json.loads(summary.read_text())
+    assert s["ok"] and s["texts"] == 4 and min(s["tokens"]) >= 32
+    assert [(r["tp"], r["pp"]) for r in s["layouts"]] == [(1, 1), (2, 1), (1, 2)]
+    for r in s["layouts"]:
+        assert r["max_abs_logit"] > 1.0  # logits large enough that a wrong mapping shows
+        assert r["max_abs_logit_diff"] < 1e-4 and r["max_abs_loss_diff"] < 1e-4, r
+        assert r["greedy_equal"] and r["greedy_tokens"] == 20
+
+
+def test_round_trip_is_bitwise(tiny_hf, converted):
+    """Acceptance 3: HF -> Megatron -> HF reproduces every tensor bitwise; config carried over."""
+    a, b = tensors_of(tiny_hf), tensors_of(converted["roundtrip"])
+    assert sorted(a) == sorted(b) and len(a) == 2 * 9 + 3
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    ca, cb = (json.loads((p / "config.json").read_text()) for p in (tiny_hf, converted["roundtrip"]))
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "rms_norm_eps", "rope_parameters", "tie_word_embeddings", "dtype",
+                "max_position_embeddings", "bos_token_id"):
+        assert ca[key] == cb[key], key
+    assert cb["rope_parameters"]["rope_theta"] == 500000.0
+    meta = torch.load(converted["mcore"] / "iter_0000000" / "common.pt", weights_only=False)["carebot"]
+    assert meta["has_optimizer"] is False and meta["iteration"] == 0 and meta["padded_vocab_size"] == 4096
+    assert (converted["mcore"] / "latest").read_text() == "iter_0000000"
+
+
+@pytest.fixture(scope="module")
+def trained(converted, cpt_prefixes, tmp_path_factory) -> Path:
+    """`carebot pretrain` at TP=2 x PP=2 (4 processes) for 3 steps, starting from the converted checkpoint."""
+    out = tmp_path_factory.mktemp("trained")
+    p = cpt_prefixes
+    torchrun(4, "pretrain.train", [
+        "--config", "tiny_stable_cpt.yaml", "--", f"output_dir={out}",
+        f"data.tokenizer={converted['mcore'] / 'tokenizer'}",
+        f"data.data_path=[0.5, {p['medical_en']}, 0.3, {p['medical_zh']}, 0.2, {p['general_en']}]",
+        "data.seq_length=64", "train.micro_batch_size=2", "train.global_batch_size=8", "train.eval_interval=0",
+        "train.tensorboard=false", "train.train_steps=3", "optim.lr=1e-2", "model.ffn_hidden_size=176",
+        "parallel.tensor=2", "parallel.pipeline=2", f"checkpoint.init_from={converted['mcore']}"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained, converted, tmp_path_factory) -> dict:
+    """Megatron (TP2 x PP2, trained) -> HF; verify on held-out text; and a truncated copy, in one process."""
+    d = tmp_path_factory.mktemp("exported")
+    trunc = d / "truncated"
+    shutil.copytree(converted["mcore"], trunc)
+    shard = max((trunc / "iter_0000000").glob("*.distcp"), key=lambda f: f.stat().st_size)
+    os.truncate(shard, shard.stat().st_size // 2)
+    rcs, err = convert_calls(
+        ["megatron-to-hf", "--megatron", trained / "checkpoints", "--out", d / "hf", "--max-shard-size", "400KB"],
+        ["verify", "--hf", d / "hf", "--megatron", trained / "checkpoints", "--summary", d / "verify.json"],
+        ["megatron-to-hf", "--megatron", trunc, "--out", d / "never"])
+    return {"rcs": rcs, "stderr": err, "hf": d / "hf", "verify": d / "verify.json", "dir": d, "shard": shard}
+
+
+def test_trained_tp2pp2_checkpoint_to_hf(exported, trained, tiny_hf):
+    """Acceptances 2 and 4: a TP2 x PP2 checkpoint from `carebot pretrain` exports to an HF dir that
+    transformers loads cleanly, with logits, held-out loss and 20 greedy tokens equal to megatron's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pretrain.checkpoint import load_meta, resolve
+
+    assert exported["rcs"][:2] == [0, 0], exported["stderr"][-3000:]
+    assert load_meta(resolve(trained / "checkpoints"))["layout"][:2] == [2, 2]  # really written at PP2 x TP2
+    hf = exported["hf"]
+    index = json.loads((hf / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1  # sharded
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in hf.iterdir()}
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    tlog = logging.getLogger("transformers")
+    tlog.addHandler(handler)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(hf), output_loading_info=True, local_files_only=True)
+    finally:
+        tlog.removeHandler(handler)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert not [r for r in records if r.levelno >= logging.WARNING and "key" in r.getMessage().lower()]
+    assert model.config.rope_parameters["rope_theta"] == 500000.0 and model.config.num_key_value_heads == 2
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).count("<|eot_id|>") == 1
+    s = json.loads(exported["verify"].read_text())
+    r = s["layouts"][0]
+    assert s["ok"] and r["max_abs_logit_diff"] < 1e-4, s
+    assert abs(r["hf_loss"] - r["megatron_loss"]) < 1e-4 and r["max_abs_loss_diff"] < 1e-4, r
+    assert r["greedy_equal"] and r["greedy_tokens"] == 20
+    # it trained: the exported weights are not the converted ones
+    before, after = tensors_of(tiny_hf), tensors_of(hf)
+    assert sorted(before) == sorted(after) and not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_truncated_checkpoint_is_one_clear_line(exported):
+    assert exported["rcs"][2] == 2
+    err = [line for line in exported["stderr"].splitlines() if line.startswith("carebot convert: error:")]
+    assert len(err) == 1 and "truncated checkpoint shard" in err[0] and exported["shard"].name in err[0]
+    assert "Traceback" not in exported["stderr"]
+    assert not (exported["dir"] / "never").exists()
+
+
+def test_non_llama_config_is_one_clear_line(tmp_path, tiny_hf, capsys):
+    from pretrain.convert import main
+
+    bad = tmp_path / "gpt2"
+    shutil.copytree(tiny_hf, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
+    (bad / "config.json").write_text(json.dumps(cfg))
+    assert main(["hf-to-megatron", "--hf", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_type 'gpt2'" in err[0] and "not LLaMA" in err[0] and "config.json" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cmd", ["hf-to-megatron", "verify"])
+def test_tp_not_dividing_kv_heads_is_one_clear_line(tmp_path, tiny_hf, cmd, capsys):
+    from pretrain.convert import main
+
+    args = (["hf-to-megatron", "--hf", str(tiny_hf), "--out", str(tmp_path / "out"), "--tensor", "4"]
+            if cmd == "hf-to-megatron" else
+            ["verify", "--hf", str(tiny_hf), "--megatron", str(tmp_path), "--layouts", "4x1"])
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["carebot convert: error: tensor parallel size 4 does not divide num_query_groups (KV heads) 2"]
+    assert not (tmp_path / "out").exists()
