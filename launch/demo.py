@@ -37,6 +37,7 @@ class Ctx:
     out: Path
     data: Path
     quick: bool
+    tokenizer: str = "bpe"
     base_url: str = ""
     counts: dict = field(default_factory=dict)
 
@@ -103,7 +104,7 @@ def s_label(ctx: Ctx) -> dict:
 
 def s_domain(ctx: Ctx) -> dict:
     carebot(ctx, "domain", "data", "domain", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
-            "--out", str(ctx.d("domain") / "model"))
+            "--out", str(ctx.d("domain") / "model"), "--max-length", "128")
     carebot(ctx, "domain", "data", "domain", "apply", "--model", str(ctx.out / "domain" / "model"),
             "--input", str(_kept_corpus(ctx)), "--out-dir", str(ctx.d("domain") / "scored"))
     rep = json.loads((ctx.out / "domain" / "model" / "report.json").read_text()) \
@@ -115,12 +116,107 @@ def s_domain(ctx: Ctx) -> dict:
 
 def s_datarater(ctx: Ctx) -> dict:
     carebot(ctx, "datarater", "data", "datarater", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
-            "--out", str(ctx.d("datarater") / "model"))
+            "--out", str(ctx.d("datarater") / "model"), "--max-length", "128")
     carebot(ctx, "datarater", "data", "datarater", "apply", "--model", str(ctx.out / "datarater" / "model"),
             "--input", *map(str, (ctx.out / "domain" / "scored").glob("*.jsonl")),
             "--out-dir", str(ctx.d("datarater") / "scored"))
     docs = jl(next((ctx.out / "datarater" / "scored").glob("*.jsonl")))
     return {"scored": len(docs), "quality_ge_3": sum(float(d.get("quality", 0)) >= 3 for d in docs)}
+
+
+def s_decontam(ctx: Ctx) -> dict:
+    carebot(ctx, "decontam", "data", "decontam", "--input", *map(str, (ctx.out / "datarater" / "scored").glob("*.jsonl")),
+            "--out", str(ctx.d("decontam")), "--no-progress")
+    m = json.loads((ctx.out / "decontam" / "manifest.json").read_text())
+    return {"removed": len(m.get("removed", [])), "kept": sum(len(jl(p)) for p in (ctx.out / "decontam").glob("*.jsonl"))}
+
+
+def s_dedup(ctx: Ctx) -> dict:
+    carebot(ctx, "dedup", "data", "dedup", "--input", *map(str, (ctx.out / "decontam").glob("*.jsonl")),
+            "--out", str(ctx.d("dedup")))
+    return {"kept": sum(len(jl(p)) for p in (ctx.out / "dedup").glob("*.jsonl"))}
+
+
+def s_bucket(ctx: Ctx) -> dict:
+    # the demo's tiny DataRater is trained on a few hundred rule-labelled items: HQ at >= 3 keeps a bucket
+    carebot(ctx, "bucket", "data", "bucket", "--input", *map(str, (ctx.out / "dedup").glob("*.jsonl")),
+            "--out", str(ctx.d("bucket")), "--hq-threshold", "3")
+    return {p.name: sum(len(jl(f)) for f in p.glob("*.jsonl")) for p in sorted((ctx.out / "bucket").iterdir()) if p.is_dir()}
+
+
+def tokenizer_dir(ctx: Ctx) -> Path:
+    """A 4k byte-level BPE trained on the demo's own corpus, with LLaMA-3's specials and chat template
+    (the real LLaMA-3 tokenizer works the same way: `--tokenizer llama3`)."""
+    from pretrain.tokenizer import build_llama3_tokenizer, train_small_bpe
+
+    if ctx.tokenizer == "llama3":
+        return build_llama3_tokenizer(cache_dir() / "llama3-tokenizer")
+    return train_small_bpe([r["text"] for r in jl(ctx.out / "corpus" / "raw.jsonl")], ctx.out / "tokenizer", 4096)
+
+
+def s_sft_data(ctx: Ctx) -> dict:
+    """Medical dialogues for the Boost CPT 'sft' bucket and for SFT: items after those in the raw corpus."""
+    rows = []
+    for rel, lang in (("dialogue/toyhom_internal_medicine_qa.jsonl", "zh"), ("dialogue/medquad_en_sample.jsonl", "en")):
+        f = ctx.data / rel
+        start = dict((r, q if ctx.quick else n) for r, _, (n, q) in SOURCES)[rel]
+        for i, d in enumerate(jl(f)[start: start + (120 if ctx.quick else 400)]):
+            rows.append({"id": f"{f.stem}-sft-{i}", "lang": lang, "messages": [
+                {"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]})
+    for lang in ("zh", "en"):
+        write_jl(ctx.d("sft_data") / f"sft_{lang}.jsonl", [r for r in rows if r["lang"] == lang])
+    return {"dialogues": len(rows)}
+
+
+def s_tokenize(ctx: Ctx) -> dict:
+    tok = tokenizer_dir(ctx)
+    out = {}
+    for b in sorted(p for p in (ctx.out / "bucket").iterdir() if p.is_dir() and any(p.glob("*.jsonl"))):
+        carebot(ctx, "tokenize", "data", "tokenize", "--input", str(b), "--tokenizer-model", str(tok),
+                "--output-prefix", str(ctx.d("tokens") / b.name), "--bucket", b.name)
+        out[b.name] = json.loads(Path(str(ctx.out / "tokens" / b.name) + "_text_document.manifest.json").read_text()).get("tokens")
+    for lang in ("zh", "en"):
+        carebot(ctx, "tokenize", "data", "tokenize", "--input", str(ctx.out / "sft_data" / f"sft_{lang}.jsonl"),
+                "--tokenizer-model", str(tok), "--json-keys", "messages", "--chat",
+                "--output-prefix", str(ctx.d("tokens") / f"sft_{lang}"), "--bucket", f"sft_{lang}")
+        out[f"sft_{lang}"] = json.loads(Path(str(ctx.out / "tokens" / f"sft_{lang}") + "_messages_document.manifest.json").read_text()).get("tokens")
+    return out
+
+
+def s_blend(ctx: Ctx) -> dict:
+    res = {}
+    for kind in ("stable", "boost"):
+        carebot(ctx, "blend", "data", "blend", "--kind", kind, "--manifests", str(ctx.out / "tokens"),
+                "--out", str(ctx.d("blend") / f"{kind}.yaml"), "--max-epochs", "1000")
+        summ = json.loads((ctx.out / "blend" / f"{kind}.json").read_text())
+        res[kind] = {k: round(v, 3) for k, v in (summ.get("shares") or {}).items()} or summ.get("data_path")
+    return res
+
+
+def _cpt_overrides(ctx: Ctx, name: str) -> list[str]:
+    steps = 30 if ctx.quick else 120
+    return [f"output_dir={ctx.out / name}", f"data.tokenizer={tokenizer_dir(ctx)}", f"train.train_steps={steps}",
+            f"checkpoint.save_interval={steps}", "train.eval_interval=0", "train.log_interval=10"]
+
+
+def _last(path: Path) -> dict:
+    return json.loads((path / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def s_stable(ctx: Ctx) -> dict:
+    carebot(ctx, "stable", "pretrain", "--config", "tiny_stable_cpt.yaml", str(ctx.out / "blend" / "stable.yaml"),
+            *_cpt_overrides(ctx, "stable"))
+    first = json.loads((ctx.out / "stable" / "metrics.jsonl").read_text().splitlines()[0])
+    last = _last(ctx.out / "stable")
+    return {"steps": last["step"], "loss_first": round(first["loss"], 3), "loss_last": round(last["loss"], 3),
+            "tokens_per_s": round(last["tokens_per_s"])}
+
+
+def s_boost(ctx: Ctx) -> dict:
+    carebot(ctx, "boost", "pretrain", "--config", "tiny_boost_cpt.yaml", str(ctx.out / "blend" / "boost.yaml"),
+            *_cpt_overrides(ctx, "boost"), f"checkpoint.init_from={ctx.out / 'stable' / 'checkpoints'}")
+    last = _last(ctx.out / "boost")
+    return {"steps": last["step"], "loss_last": round(last["loss"], 3)}
 
 
 STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
@@ -129,6 +225,14 @@ STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
     ("label", "LLM labels, two rounds, keep consistent (local OpenAI-protocol server)", s_label),
     ("domain", "domain classifier: train on labels, apply to the corpus", s_domain),
     ("datarater", "DataRater: train on label scores, apply", s_datarater),
+    ("decontam", "remove training docs overlapping any eval set (manifest for eval)", s_decontam),
+    ("dedup", "MinHash near-duplicate removal", s_dedup),
+    ("bucket", "{medical, general, medical_hq} x {zh, en} shards", s_bucket),
+    ("sft_data", "medical dialogues for the Boost 'sft' bucket and SFT", s_sft_data),
+    ("tokenize", "Megatron .bin/.idx per bucket + token manifests", s_tokenize),
+    ("blend", "Stable (19:1, zh:en 1:9) and Boost (1:1, zh:en 4:6) weights", s_blend),
+    ("stable", "Stable CPT (tiny LLaMA-3-shaped model, megatron-core, CPU)", s_stable),
+    ("boost", "Boost CPT from the Stable checkpoint, new LR schedule", s_boost),
 ]
 
 
@@ -149,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer documents and steps (CI)")
     ap.add_argument("--base-url", default="", help="OpenAI-compatible endpoint (default: a local rule-based one)")
     ap.add_argument("--fresh", action="store_true", help="ignore finished steps of an earlier run")
+    ap.add_argument("--tokenizer", choices=["bpe", "llama3"], default="bpe",
+                    help="bpe: a 4k BPE trained on the corpus (fast); llama3: the real LLaMA-3 tokenizer")
     a = ap.parse_args(argv)
-    ctx = Ctx(out=Path(a.out), data=data_dir(), quick=a.quick)
+    ctx = Ctx(out=Path(a.out), data=data_dir(), quick=a.quick, tokenizer=a.tokenizer)
     ctx.out.mkdir(parents=True, exist_ok=True)
     server = None
     if not a.base_url:
