@@ -18,7 +18,17 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 # several `carebot convert` commands in ONE process: the import + process-group start is paid once
-DRIVER = "import json, sys\nfrom pretrain.convert import main\nprint('RCS=' + json.dumps([main(a) for a in json.loads(sys.argv[1])]))"
+# (a pseudo-command `truncate DIR` cuts the largest .distcp shard of DIR/iter_0000000 in half)
+DRIVER = """import json, os, pathlib, shutil, sys
+from pretrain.convert import main
+def truncate(src, dst):
+    shutil.copytree(src, dst)
+    f = max(pathlib.Path(dst, "iter_0000000").glob("*.distcp"), key=lambda f: f.stat().st_size)
+    os.truncate(f, f.stat().st_size // 2)
+    print("TRUNCATED=" + f.name)
+    return 0
+print("RCS=" + json.dumps([truncate(*a[1:]) if a[0] == "truncate" else main(a) for a in json.loads(sys.argv[1])]))
+"""
 
 
 def _port() -> int:
@@ -27,12 +37,12 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def convert_calls(*calls: list[str]) -> tuple[list[int], str]:
+def convert_calls(*calls: list[str]) -> tuple[list[int], str, str]:
     p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([[str(x) for x in c] for c in calls])], cwd=REPO,
                        env=ENV, capture_output=True, text=True, timeout=900)
     rcs = [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("RCS=")]
     assert p.returncode == 0 and rcs, f"driver failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
-    return rcs[0], p.stderr
+    return rcs[0], p.stderr, p.stdout
 
 
 def torchrun(nproc: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -79,12 +89,16 @@ def tiny_hf(tmp_path_factory, small_tokenizer_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def converted(tiny_hf, tmp_path_factory) -> dict[str, Path]:
-    """HF -> Megatron (for TP=2) and straight back, in one process."""
+    """HF -> Megatron (for TP=2) and straight back; then a truncated copy, all in one process."""
     d = tmp_path_factory.mktemp("converted")
-    rcs, err = convert_calls(["hf-to-megatron", "--hf", tiny_hf, "--out", d / "mcore", "--tensor", "2"],
-                             ["megatron-to-hf", "--megatron", d / "mcore", "--out", d / "roundtrip"])
-    assert rcs == [0, 0], err[-3000:]
-    return {"mcore": d / "mcore", "roundtrip": d / "roundtrip"}
+    rcs, err, out = convert_calls(["hf-to-megatron", "--hf", tiny_hf, "--out", d / "mcore", "--tensor", "2"],
+                                  ["megatron-to-hf", "--megatron", d / "mcore", "--out", d / "roundtrip"],
+                                  ["truncate", d / "mcore", d / "truncated"],
+                                  ["megatron-to-hf", "--megatron", d / "truncated", "--out", d / "never"])
+    assert rcs[:3] == [0, 0, 0], err[-3000:]
+    shard = next(line[10:] for line in out.splitlines() if line.startswith("TRUNCATED="))
+    return {"mcore": d / "mcore", "roundtrip": d / "roundtrip", "dir": d, "truncated_rc": rcs[3],
+            "stderr": err, "shard": shard}
 
 
 def test_mapping_table_qkv_interleave_and_inverse():
@@ -168,19 +182,15 @@ def trained(converted, cpt_prefixes, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(trained, converted, tmp_path_factory) -> dict:
-    """Megatron (TP2 x PP2, trained) -> HF; verify on held-out text; and a truncated copy, in one process."""
+    """Megatron (TP2 x PP2, trained) -> HF, then verify on held-out text, in one process."""
     d = tmp_path_factory.mktemp("exported")
-    trunc = d / "truncated"
-    shutil.copytree(converted["mcore"], trunc)
-    shard = max((trunc / "iter_0000000").glob("*.distcp"), key=lambda f: f.stat().st_size)
-    os.truncate(shard, shard.stat().st_size // 2)
-    rcs, err = convert_calls(
+    rcs, err, _ = convert_calls(
         ["megatron-to-hf", "--megatron", trained / "checkpoints", "--out", d / "hf", "--max-shard-size", "400KB"],
-        ["verify", "--hf", d / "hf", "--megatron", trained / "checkpoints", "--summary", d / "verify.json"],
-        ["megatron-to-hf", "--megatron", trunc, "--out", d / "never"])
-    return {"rcs": rcs, "stderr": err, "hf": d / "hf", "verify": d / "verify.json", "dir": d, "shard": shard}
+        ["verify", "--hf", d / "hf", "--megatron", trained / "checkpoints", "--summary", d / "verify.json"])
+    return {"rcs": rcs, "stderr": err, "hf": d / "hf", "verify": d / "verify.json"}
 
 
+@pytest.mark.slow  # a 4-process training run plus an export: ~2.5 min on 2 loaded cores
 def test_trained_tp2pp2_checkpoint_to_hf(exported, trained, tiny_hf):
     """Acceptances 2 and 4: a TP2 x PP2 checkpoint from `carebot pretrain` exports to an HF dir that
     transformers loads cleanly, with logits, held-out loss and 20 greedy tokens equal to megatron's."""
@@ -188,7 +198,7 @@ def test_trained_tp2pp2_checkpoint_to_hf(exported, trained, tiny_hf):
 
     from pretrain.checkpoint import load_meta, resolve
 
-    assert exported["rcs"][:2] == [0, 0], exported["stderr"][-3000:]
+    assert exported["rcs"] == [0, 0], exported["stderr"][-3000:]
     assert load_meta(resolve(trained / "checkpoints"))["layout"][:2] == [2, 2]  # really written at PP2 x TP2
     hf = exported["hf"]
     index = json.loads((hf / "model.safetensors.index.json").read_text())
@@ -219,12 +229,12 @@ def test_trained_tp2pp2_checkpoint_to_hf(exported, trained, tiny_hf):
     assert sorted(before) == sorted(after) and not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
 
 
-def test_truncated_checkpoint_is_one_clear_line(exported):
-    assert exported["rcs"][2] == 2
-    err = [line for line in exported["stderr"].splitlines() if line.startswith("carebot convert: error:")]
-    assert len(err) == 1 and "truncated checkpoint shard" in err[0] and exported["shard"].name in err[0]
-    assert "Traceback" not in exported["stderr"]
-    assert not (exported["dir"] / "never").exists()
+def test_truncated_checkpoint_is_one_clear_line(converted):
+    assert converted["truncated_rc"] == 2
+    err = [line for line in converted["stderr"].splitlines() if line.startswith("carebot convert: error:")]
+    assert len(err) == 1 and "truncated checkpoint shard" in err[0] and converted["shard"] in err[0], err
+    assert "Traceback" not in converted["stderr"]
+    assert not (converted["dir"] / "never").exists()
 
 
 def test_non_llama_config_is_one_clear_line(tmp_path, tiny_hf, capsys):
