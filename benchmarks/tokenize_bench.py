@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--min-mb", type=int, default=100)
     ap.add_argument("--big-mb", type=int, default=400, help="ours only, for RSS flatness; 0 to skip")
+    ap.add_argument("--skip-x1", action="store_true", help="only the >= --min-mb corpus (and --big-mb)")
+    ap.add_argument("--megatron-runs", type=int, default=None, help="runs of preprocess_data.py (default --runs)")
+    ap.add_argument("--hf-ceiling-max-mb", type=float, default=1e9, help="skip the HF encode ceiling above this")
     ap.add_argument("--ceiling", choices=["hf", "giga"], help=argparse.SUPPRESS)
     ap.add_argument("--corpus", help=argparse.SUPPRESS)
     ap.add_argument("--tok", help=argparse.SUPPRESS)
@@ -210,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         return t
 
     results: list[dict] = []
-    for tag in names[:2]:
+    for tag in names[1:2] if a.skip_x1 else names[:2]:
         corpus = corpora[tag]
         ts = tools(corpus, tag)
+        if corpus.stat().st_size > a.hf_ceiling_max_mb * 2**20:
+            ts.pop("ceiling_hf")
         for r in range(a.runs):
             order = list(ts) if r % 2 == 0 else list(reversed(ts))  # alternate so no tool always runs warm
             for name in order:
+                if name == "megatron" and r >= (a.megatron_runs or a.runs):
+                    continue
                 cmd, e, cwd, prefix = ts[name]
                 shutil.rmtree(out_dir, ignore_errors=True)
                 out_dir.mkdir(parents=True)
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     # Byte-identity checks on the kept first-run outputs.
     keep = out_dir.parent / "keep"
     checks = {}
-    for tag in names[:2]:
+    for tag in names[1:2] if a.skip_x1 else names[:2]:
         if mlm:
             checks[f"ours == preprocess_data.py ({tag})"] = all(
                 (keep / f"ours_{tag}{x}").read_bytes() == (keep / f"megatron_{tag}{x}").read_bytes() for x in (".bin", ".idx"))
