@@ -76,6 +76,12 @@ def render_chat(messages: list[dict[str, str]], tokenizer: Any = None, add_gener
     """The chat template as text. With a tokenizer its own template is used; without one, LLaMA-3's
     (the same string as pretrain.tokenizer.LLAMA3_CHAT_TEMPLATE renders, BOS included)."""
     if tokenizer is not None:
+        if not messages:  # HF refuses an empty conversation: BOS-level prefix + the generation header alone
+            probe = [{"role": "user", "content": "x"}]
+            head = render_chat(probe, tokenizer)
+            gen = render_chat(probe, tokenizer, True)[len(head):] if add_generation_prompt else ""
+            bos = tokenizer.bos_token or ""
+            return (bos if head.startswith(bos) else "") + gen
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     s = BOS + "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content'].strip()}{EOT}" for m in messages)
     return s + ("<|start_header_id|>assistant<|end_header_id|>\n\n" if add_generation_prompt else "")

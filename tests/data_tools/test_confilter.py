@@ -1,0 +1,129 @@
+"""ConFilter on real CMtMedQA dialogues (acceptance 4): the batched path equals turn-at-a-time scoring; a
+dialogue whose history is swapped in from other dialogues scores a higher CF; selection band + report."""
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+
+from data_tools import confilter as C
+from data_tools.formats import Dialogue, render_chat, write_sft
+from data_tools.scorer import Scorer
+from tests.conftest import read_jsonl
+
+
+def _multi(data_root, lo: int, hi: int) -> list[Dialogue]:
+    recs = [r for r in read_jsonl(data_root / "dialogue" / "cmtmedqa_test.jsonl") if r.get("subset") == "dialogue" and len(r["messages"]) >= 4]
+    return [Dialogue(messages=r["messages"], id=r["id"]) for r in recs[lo:hi]]
+
+
+def _tiny_llama(tok, seed: int = 0, init: float = 0.02):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=4096, initializer_range=init,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def tok(small_tokenizer_dir):
+    from pretrain.tokenizer import load_tokenizer
+
+    return load_tokenizer(small_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def trained_scorer(tok, data_root) -> Scorer:
+    """The tiny LM trained briefly (plain torch, AdamW) on CMtMedQA dialogues disjoint from the scored ones:
+    a random model has no notion of context, so CF ~ 1 everywhere; a trained one has learnt that a reply
+    reuses the words of its conversation. Budget measured in docs/alignment_data.md."""
+    import torch
+
+    model = _tiny_llama(tok).train()
+    stream = [t for d in _multi(data_root, 100, 700) for t in tok(render_chat(d.messages), add_special_tokens=False)["input_ids"]]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    T, B = TRAIN_SEQ, TRAIN_BATCH
+    for _ in range(TRAIN_STEPS):
+        ix = torch.randint(0, len(stream) - T - 1, (B,), generator=g).tolist()
+        x = torch.tensor([stream[i : i + T] for i in ix])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return Scorer(model.eval(), tok, "trained-tiny")
+
+
+TRAIN_STEPS, TRAIN_SEQ, TRAIN_BATCH = 250, 192, 8
+
+
+@pytest.mark.parametrize("reply_only", [False, True])
+def test_batched_equals_naive(tok, data_root, reply_only):
+    sc = Scorer(_tiny_llama(tok, init=0.3), tok, "random-tiny")
+    ds = _multi(data_root, 0, 6)
+    ds[1].system = "你是一名医生。"
+    cfg = C.ConFilterConfig(reply_only=reply_only, max_tokens=4000, max_len=900)  # several batches; long turns cut
+    batched = C.score_batch(sc, ds, cfg)
+    worst = 0.0
+    n_turns = 0
+    for d, b in zip(ds, batched):
+        n = C.score_dialogue_naive(sc, d, cfg)
+        assert b["id"] == n["id"] and len(b["cf"]) == len(n["cf"]) == len(d.turns())
+        for x, y in zip(b["cf"], n["cf"]):
+            assert (x is None) == (y is None)
+            if x is not None:
+                worst = max(worst, abs(x - y) / y)
+                n_turns += 1
+    assert n_turns >= 12 and worst < 1e-5, (n_turns, worst)
+    if not reply_only:  # turn 1 has no history: both scores see the same tokens
+        assert all(r["cf"][0] == pytest.approx(1.0, abs=1e-6) for r in batched)
+
+
+def test_shuffled_history_scores_higher(trained_scorer, data_root):
+    ds = _multi(data_root, 0, 40)
+    rng = random.Random(0)
+    shuffled = []
+    for j, d in enumerate(ds):
+        # keep the dialogue's last turn; its history comes from turns of other dialogues
+        donors = [t for k in rng.sample([k for k in range(len(ds)) if k != j], 3) for t in ds[k].turns()]
+        hist = rng.sample(donors, len(d.turns()) - 1)
+        msgs = [m for u, a in hist for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+        shuffled.append(Dialogue(messages=msgs + d.messages[-2:], id=d.id))
+    cfg = C.ConFilterConfig(max_len=1024)
+    orig = [r["cf"][-1] for r in C.score_batch(trained_scorer, ds, cfg)]
+    shuf = [r["cf"][-1] for r in C.score_batch(trained_scorer, shuffled, cfg)]
+    pairs = [(o, s) for o, s in zip(orig, shuf) if o is not None and s is not None]
+    higher = sum(s > o for o, s in pairs) / len(pairs)
+    mean_o, mean_s = sum(o for o, _ in pairs) / len(pairs), sum(s for _, s in pairs) / len(pairs)
+    print(f"last-turn CF: original {mean_o:.4f}, shuffled history {mean_s:.4f}; shuffled higher in {higher:.0%} of {len(pairs)}")
+    assert len(pairs) >= 30 and mean_s > mean_o and higher >= 0.75
+
+
+def test_cli_selection_band_and_report(tmp_path, data_root, tok):
+    sc_dir = tmp_path / "scorer"
+    _tiny_llama(tok, init=0.3).save_pretrained(sc_dir)
+    tok.save_pretrained(sc_dir)
+    ds = _multi(data_root, 40, 64)
+    ds.append(Dialogue(messages=ds[0].messages[:2], id="single-turn"))  # not scored: no history
+    write_sft(tmp_path / "in.jsonl", ds)
+    out = tmp_path / "cf"
+    args = ["--input", str(tmp_path / "in.jsonl"), "--model", str(sc_dir), "--out", str(out), "--tau-low", "0.97",
+            "--tau-high", "1.0", "--max-len", "768", "--chunk", "10", "--no-progress"]
+    assert C.main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    res = [json.loads(l) for l in (out / "scores.jsonl").read_text().splitlines()]
+    aggs = [r["cf_agg"] for r in res if r["cf_agg"] is not None]
+    assert s["multi_turn_scored"] == len(aggs) == len(ds) - 1 and s["not_scored"] == 1
+    assert s["kept"] == sum(0.97 <= a <= 1.0 for a in aggs) == len((out / "selected.jsonl").read_text().splitlines())
+    assert s["dropped_high_cf"] + s["dropped_low_cf"] + s["kept"] == len(aggs)
+    assert (out / "cf_hist.png").stat().st_size > 5000 and "cf_hist.png" in (out / "report.md").read_text()
+    # resumable: a rerun reads the finished chunks instead of scoring again
+    t = time.time()
+    before = (out / "scores.jsonl").read_text()
+    assert C.main(args) == 0
+    assert (out / "scores.jsonl").read_text() == before and time.time() - t < 30
