@@ -132,6 +132,11 @@ def test_mapping_table_qkv_interleave_and_inverse():
             assert mt.shape == (16, 8) and torch.equal(mt[10:], torch.zeros(6, 8))
         back = row.to_hf(mt, d)
         assert all(torch.equal(a, b) for a, b in zip(hf, back)), name
+    # tied embeddings: no output_layer row, and lm_head is never written
+    from dataclasses import replace
+
+    tied = [hf for _, hfs, _ in expand_rows(replace(m, untie_embeddings=False)) for hf in hfs]
+    assert "lm_head.weight" not in tied and len(tied) == len(rows) - 1 + 2 + 1  # qkv: 3 names, fc1: 2
 
 
 def test_hf_to_megatron_logits_parity_tp1_tp2_pp2(tiny_hf, converted, tmp_path):
