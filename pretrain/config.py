@@ -182,10 +182,13 @@ def parse_overrides(items: list[str]) -> dict:
 def load_config(recipe: str | Path | list | None, overrides: list[str] | None = None) -> RunConfig:
     """Recipe YAML(s) (each with its `base:` chain, merged left to right, e.g. a recipe then the data
     fragment `carebot data blend` wrote) + dotted overrides -> RunConfig."""
+    items = [recipe] if isinstance(recipe, (str, Path)) else list(recipe or [])
+    # `--config a.yaml b.yaml key=value ...`: argparse's nargs="+" also swallows the overrides; sort them out
+    overrides = [str(x) for x in items if "=" in str(x)] + list(overrides or [])
     d: dict = {}
-    for r in ([recipe] if isinstance(recipe, (str, Path)) else recipe or []):
+    for r in (x for x in items if "=" not in str(x)):
         d = _merge(d, _load_yaml(Path(r)))
-    d = _merge(d, parse_overrides(overrides or []))
+    d = _merge(d, parse_overrides(overrides))
     return from_dict(RunConfig, d)
 
 

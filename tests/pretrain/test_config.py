@@ -35,3 +35,12 @@ def test_llama3_8b_shape_counts():
     assert padded_vocab_size(128256, 128, 4) == 128512
     # 6N-style sanity: FLOPs/token within 20% of 6 x params at seq 4096
     assert 1.0 < flops_per_token(m, 128256, 4096) / (6 * 8.03e9) < 1.2
+
+
+def test_several_recipes_merge_and_overrides_after_config(tmp_path):
+    frag = tmp_path / "stable_blend.yaml"
+    frag.write_text("data:\n  data_path: [0.9, /x/a, 0.1, /x/b]\n")
+    # argparse's nargs="+" hands the overrides in with the recipes: they must still apply, in order
+    c = load_config(["tiny_stable_cpt.yaml", str(frag), "train.train_steps=3"], ["optim.lr=0.5"])
+    assert c.data.data_path == [0.9, "/x/a", 0.1, "/x/b"] and c.model.hidden_size == 64
+    assert c.train.train_steps == 3 and c.optim.lr == 0.5
