@@ -53,7 +53,8 @@ def train(texts: list[str], scores: list[float], out: Path, enc: E.EncoderConfig
 
 def apply(model_dir: Path, recs: list[dict], batch_size: int = 64, progress: bool = True) -> list[dict]:
     head, enc, _ = E.load_model(model_dir)
-    X = E.embed([doc_text(r) for r in recs], E.EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
+    # cached per text: the domain classifier and DataRater score the same corpus with one encoding
+    X = E.embed_cached([doc_text(r) for r in recs], E.EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
     q = np.clip(E.predict(head, X)[:, 0], 0, 5)
     return [{**r, "quality": round(float(s), 3)} for r, s in zip(recs, q)]
 

@@ -54,7 +54,8 @@ def train(texts: list[str], labels: list[str], out: Path, enc: E.EncoderConfig, 
 
 def apply(model_dir: Path, recs: list[dict], batch_size: int = 64, progress: bool = True) -> list[dict]:
     head, enc, meta = E.load_model(model_dir)
-    X = E.embed([doc_text(r) for r in recs], E.EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
+    # cached per text: the domain classifier and DataRater score the same corpus with one encoding
+    X = E.embed_cached([doc_text(r) for r in recs], E.EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
     prob = torch.softmax(torch.from_numpy(E.predict(head, X)), -1).numpy()
     return [{**r, "domain": meta["classes"][int(p.argmax())], "domain_prob": round(float(p.max()), 4)} for r, p in zip(recs, prob)]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -26,9 +27,9 @@ SOURCES = [
     ("dialogue/huatuo26m_test_sample.jsonl", ("question", "answer"), (600, 150)),
     ("dialogue/toyhom_internal_medicine_qa.jsonl", ("question", "answer"), (600, 150)),
     ("general/wikitext2_paragraphs_en.jsonl", ("text",), (600, 150)),
-    ("general/mmlu_nonmedical_en.jsonl", ("text",), (400, 150)),
+    ("general/mmlu_nonmedical_en.jsonl", ("text",), (400, 150)),  # in samples/ (fresh clones)
     ("general/cmrc2018_wiki_paragraphs_zh.jsonl", ("text",), (600, 150)),
-    ("general/thucnews_titles_zh.jsonl", ("text",), (600, 150)),
+    ("general/thucnews_titles_zh.jsonl", ("text",), (600, 150)),  # titles: mostly dropped as too short
 ]
 
 
@@ -80,6 +81,7 @@ def s_corpus(ctx: Ctx) -> dict:
         for i, d in enumerate(jl(f)[: n_quick if ctx.quick else n_full]):
             text = "\n".join(str(d[k]) for k in keys if d.get(k))
             rows.append({"id": f"{f.stem}-{i}", "text": text, "source": f.stem})
+    random.Random(0).shuffle(rows)  # a crawl is not sorted by source: labeling takes a fair sample
     write_jl(ctx.d("corpus") / "raw.jsonl", rows)
     return {"docs": len(rows), "sources": len({r["source"] for r in rows})}
 
@@ -107,10 +109,9 @@ def s_domain(ctx: Ctx) -> dict:
             "--out", str(ctx.d("domain") / "model"), "--max-length", "128")
     carebot(ctx, "domain", "data", "domain", "apply", "--model", str(ctx.out / "domain" / "model"),
             "--input", str(_kept_corpus(ctx)), "--out-dir", str(ctx.d("domain") / "scored"))
-    rep = json.loads((ctx.out / "domain" / "model" / "report.json").read_text()) \
-        if (ctx.out / "domain" / "model" / "report.json").exists() else {}
+    rep = json.loads((ctx.out / "domain" / "model" / "eval.json").read_text())
     docs = jl(next((ctx.out / "domain" / "scored").glob("*.jsonl")))
-    return {"held_out_acc": rep.get("test", {}).get("accuracy", rep.get("accuracy")), "scored": len(docs),
+    return {"held_out_acc": round(rep["accuracy"], 3), "scored": len(docs),
             "medical": sum(d.get("domain") == "medical" for d in docs)}
 
 
