@@ -30,7 +30,7 @@ WORDLISTS = Path(__file__).parent / "wordlists"
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
 _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[A-Za-z0-9]+(?:['\-][A-Za-z0-9]+)*")
-_NORMAL = re.compile(r"[\w\s\u3000-\u303f\uff00-\uffef.,;:!?'\"()\[\]{}\-–—/%&@+=*<>·、，。；：！？“”‘’（）《》【】…~]")
+_SPECIAL = re.compile(r"[^\w\s\u3000-\u303f\uff00-\uffef.,;:!?'\"()\[\]{}\-–—/%&@+=*<>·、，。；：！？“”‘’（）《》【】…~]")
 
 
 @dataclass(kw_only=True)
@@ -80,10 +80,10 @@ def check(text: str, cfg: RulesConfig) -> tuple[bool, str]:
         return False, "too_few_units"
     if len(us) > cfg.max_units:
         return False, "too_many_units"
-    chars = [c for c in text if not c.isspace()]
-    if chars:
-        special = len(chars) - len(_NORMAL.findall("".join(chars)))
-        if special / len(chars) > cfg.max_special_ratio:
+    n_chars = len(text) - sum(map(text.count, (" ", "\n", "\t")))
+    if n_chars:
+        special = len(_SPECIAL.findall(text))  # few matches: far cheaper than listing the normal chars
+        if special / n_chars > cfg.max_special_ratio:
             return False, "special_char_ratio"
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     if len(lines) > 1:
