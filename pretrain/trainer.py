@@ -54,6 +54,9 @@ class Stage:
     prepare: Callable[["Trainer"], None] | None = None
     # micro-batch rows per dataset sample (DPO packs chosen + rejected: 2)
     rows_per_sample: int = 1
+    # optional hook on each step's (and each evaluation's) micro-batches before they run, e.g. to attach
+    # live reference log-probs; may add keys to the batch dicts
+    before_step: Callable[["Trainer", list[dict]], None] | None = None
 
 
 class _Stop(Exception):
@@ -70,6 +73,8 @@ class Trainer:
         self._signal = None
         self.writer = None
         self.metrics: list[dict] = []
+        self.best_val = math.inf
+        self._loss_override = None
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> "Trainer":
@@ -101,6 +106,11 @@ class Trainer:
             adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=self.bf16,
             params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
             use_distributed_optimizer=cfg.parallel.distributed_optimizer), self.model)
+        n_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
+        if t.epochs:  # steps from the data: build the datasets first (they do not depend on the model)
+            self.train_ds, self.valid_ds = self.stage.build_datasets(cfg, self.tokenizer, [0, n_valid])[:2]
+            per_epoch = getattr(self.train_ds, "epoch_size", len(self.train_ds))
+            t.train_steps = max(1, math.ceil(t.epochs * per_epoch / t.global_batch_size))
         steps = t.train_steps
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
@@ -111,9 +121,9 @@ class Trainer:
         tf.no_sync_func = self.model[0].no_sync
         tf.grad_scale_func = self.optimizer.scale_loss
         self._restore()
-        n_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
-        self.train_ds, self.valid_ds = self.stage.build_datasets(cfg, self.tokenizer,
-                                                                 [steps * t.global_batch_size, n_valid])[:2]
+        if not t.epochs:
+            self.train_ds, self.valid_ds = self.stage.build_datasets(cfg, self.tokenizer,
+                                                                     [steps * t.global_batch_size, n_valid])[:2]
         if self.stage.prepare:
             self.stage.prepare(self)
         self.flops_per_token = flops_per_token(cfg.model, self.vocab_size, cfg.data.seq_length)
@@ -143,6 +153,9 @@ class Trainer:
             self._log0(f"initialised weights from {src} (new LR schedule; optimizer moments "
                        f"{'carried over' if c.init_optimizer else 'reset'})")
         self.init_checksum = self.param_checksum()
+        best = ckpt.resolve(self.out / "best") if c.keep_best else None
+        if best is not None and self.iteration > 0:  # resumed: keep comparing against the best so far
+            self.best_val = ckpt.load_meta(best).get("val_loss", math.inf)
 
     @property
     def unwrapped(self):
@@ -153,26 +166,52 @@ class Trainer:
         batch = next(data_iterator)
         dev = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
         tokens = batch["tokens"].to(dev)
-        out = model(tokens, batch["position_ids"].to(dev), None, labels=batch["labels"].to(dev))
-        return out, partial(self.stage.loss_func, batch)
+        mask = batch.get("attention_mask")  # packed SFT: block-diagonal causal mask (True = masked)
+        out = model(tokens, batch["position_ids"].to(dev), None if mask is None else mask.to(dev),
+                    labels=batch["labels"].to(dev))
+        return out, partial(self._loss_override or self.stage.loss_func, batch)
 
     def _batches(self, dataset, consumed: int):
         t = self.cfg.train
-        return step_microbatches(dataset, consumed, t.micro_batch_size, self.num_micro, self.dp_rank, self.dp,
-                                 self.stage.collate or collate)
+        batches = step_microbatches(dataset, consumed, t.micro_batch_size, self.num_micro, self.dp_rank, self.dp,
+                                    self.stage.collate or collate)
+        if self.stage.before_step is None:
+            return batches
+        batches = list(batches)
+        self.stage.before_step(self, batches)
+        return iter(batches)
 
-    def _run_schedule(self, data_iter, forward_only: bool) -> list[dict]:
+    def _run_schedule(self, data_iter, forward_only: bool, num_micro: int | None = None) -> list[dict]:
         t = self.cfg.train
         return get_forward_backward_func()(
             forward_step_func=self._forward_step, data_iterator=data_iter, model=self.model,
-            num_microbatches=self.num_micro, seq_length=self.cfg.data.seq_length,
+            num_microbatches=num_micro or self.num_micro, seq_length=self.cfg.data.seq_length,
             micro_batch_size=t.micro_batch_size * self.stage.rows_per_sample, forward_only=forward_only)
+
+    @torch.no_grad()
+    def forward_only(self, batches: list[dict], loss_func: Callable[[dict, torch.Tensor], tuple]) -> list[dict]:
+        """Run `batches` through the model in eval mode with `loss_func` in place of the stage's; returns what
+        `loss_func` logged per micro-batch (on the last pipeline stage; [] elsewhere). For reference passes."""
+        was_training = self.model[0].training
+        for m in self.model:
+            m.eval()
+        self._loss_override = loss_func
+        try:
+            return self._run_schedule(iter(batches), True, num_micro=len(batches))
+        finally:
+            self._loss_override = None
+            for m in self.model:
+                m.train(was_training)
 
     def _reduce(self, outs: list[dict]) -> dict:
         """Mean of each logged value over micro-batches and DP ranks, broadcast to every rank."""
-        keys = sorted(outs[0]) if outs else []
-        n = len(keys)
-        buf = torch.zeros(max(n, 1), dtype=torch.float64)
+        # the key names live on the last pipeline stage: every rank learns them first, so buffers match in size
+        src = dist.get_global_rank(mpu.get_pipeline_model_parallel_group(),
+                                   mpu.get_pipeline_model_parallel_world_size() - 1)
+        names = [sorted(outs[0]) if outs else []]
+        dist.broadcast_object_list(names, src=src, group=mpu.get_pipeline_model_parallel_group())
+        keys = names[0]
+        buf = torch.zeros(max(len(keys), 1), dtype=torch.float64)
         if outs:
             for i, k in enumerate(keys):
                 buf[i] = sum(float(o[k]) for o in outs) / len(outs)
@@ -181,12 +220,8 @@ class Trainer:
         dist.all_reduce(buf, group=mpu.get_data_parallel_group())
         buf /= self.dp
         # broadcast from the last pipeline stage (where the losses live) to every rank
-        src = dist.get_global_rank(mpu.get_pipeline_model_parallel_group(),
-                                   mpu.get_pipeline_model_parallel_world_size() - 1)
-        names = [keys]
-        dist.broadcast_object_list(names, src=src, group=mpu.get_pipeline_model_parallel_group())
         dist.broadcast(buf, src=src, group=mpu.get_pipeline_model_parallel_group())
-        return {k: buf[i].item() for i, k in enumerate(names[0])}
+        return {k: buf[i].item() for i, k in enumerate(keys)}
 
     def train_step(self) -> dict:
         for m in self.model:
@@ -240,6 +275,10 @@ class Trainer:
                         mfu=(tflops / peak) if peak else None, consumed_samples=self.consumed)
             if t.eval_interval and (self.iteration % t.eval_interval == 0 or self.iteration == t.train_steps):
                 logs.update(self.evaluate())
+                if cfg.checkpoint.keep_best and logs.get("val_loss", math.inf) < self.best_val:
+                    self.best_val = logs["val_loss"]
+                    self.save(best=True)
+                    logs["best"] = True
             self._record(logs)
             stop = (t.exit_after_steps is not None and self.iteration - start_iter >= t.exit_after_steps)
             stop = stop or self._signal is not None
@@ -251,10 +290,13 @@ class Trainer:
                 break
         return self.metrics
 
-    def save(self) -> Path:
-        return ckpt.save(self.ckpt_root, self.iteration, self.unwrapped, self.optimizer, self.scheduler,
-                         {"consumed_samples": self.consumed, "param_checksum": self.param_checksum(),
-                          "stage": self.stage.name}, keep_last=self.cfg.checkpoint.keep_last)
+    def save(self, best: bool = False) -> Path:
+        """Save to OUT/checkpoints (keep_last), or with best=True to OUT/best (only the best one kept)."""
+        extra = {"consumed_samples": self.consumed, "param_checksum": self.param_checksum(), "stage": self.stage.name}
+        if best:
+            extra["val_loss"] = self.best_val
+        return ckpt.save(self.out / "best" if best else self.ckpt_root, self.iteration, self.unwrapped,
+                         self.optimizer, self.scheduler, extra, keep_last=1 if best else self.cfg.checkpoint.keep_last)
 
     def _record(self, logs: dict) -> None:
         self.metrics.append(logs)
