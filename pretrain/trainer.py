@@ -281,7 +281,7 @@ class Trainer:
                     logs["best"] = True
             self._record(logs)
             stop = (t.exit_after_steps is not None and self.iteration - start_iter >= t.exit_after_steps)
-            stop = stop or self._signal is not None
+            stop = stop or self._signal_seen()
             if (self.iteration % cfg.checkpoint.save_interval == 0 or self.iteration == t.train_steps or stop):
                 self.save()
             if stop:
@@ -325,6 +325,14 @@ class Trainer:
             s = s.cuda()
         dist.all_reduce(s, group=mpu.get_model_parallel_group())
         return s.item()
+
+    def _signal_seen(self) -> bool:
+        """Did any rank get SIGUSR1/SIGTERM? All ranks agree (max all-reduce), so all stop at the same step."""
+        flag = torch.tensor([1.0 if self._signal else 0.0], device="cuda" if torch.cuda.is_available() else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self._signal:
+            self._signal = "on another rank"
+        return bool(flag.item())
 
     def _install_signals(self) -> None:
         def handler(signum, frame):
