@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -220,6 +221,111 @@ def s_boost(ctx: Ctx) -> dict:
     return {"steps": last["step"], "loss_last": round(last["loss"], 3)}
 
 
+def s_export_base(ctx: Ctx) -> dict:
+    return _export(ctx, ctx.out / "boost", "hf_base")
+
+
+def _export(ctx: Ctx, run: Path, name: str) -> dict:
+    """Megatron checkpoint -> HF LlamaForCausalLM dir, with the decontamination manifest eval reads."""
+    src = run / "best" if (run / "best" / "latest").exists() else run / "checkpoints"
+    carebot(ctx, f"convert_{name}", "convert", "megatron-to-hf", "--megatron", str(src), "--out", str(ctx.out / name),
+            "--config", str(run / "config.yaml"), "--tokenizer", str(tokenizer_dir(ctx)))
+    shutil.copy(ctx.out / "decontam" / "manifest.json", ctx.out / name / "decontam_manifest.json")
+    cfg = json.loads((ctx.out / name / "config.json").read_text())
+    return {"hf_dir": str(ctx.out / name), "layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"],
+            "vocab": cfg["vocab_size"]}
+
+
+def s_sft_select(ctx: Ctx) -> dict:
+    """SFT corpus: merge + clean + decontaminate, then Deita complexity x quality scored by our own model."""
+    carebot(ctx, "sft_select", "data", "sft-build", "--input", *map(str, (ctx.out / "sft_data").glob("sft_*.jsonl")),
+            "--out", str(ctx.d("sft_select") / "build"), "--base-url", ctx.base_url, "--no-progress")
+    built = ctx.out / "sft_select" / "build" / "sft.jsonl"
+    carebot(ctx, "sft_select", "data", "deita", "--input", str(built), "--complexity-model", str(ctx.out / "hf_base"),
+            "--out", str(ctx.d("sft_select") / "deita"), "--top-frac", "0.7", "--no-progress")
+    sel = ctx.out / "sft_select" / "deita" / "selected.jsonl"
+    return {"built": len(jl(built)), "selected": len(jl(sel)), "selected_file": str(sel)}
+
+
+def s_sft(ctx: Ctx) -> dict:
+    sel = ctx.counts["sft_select"]["selected_file"]
+    steps = 20 if ctx.quick else 60
+    carebot(ctx, "sft", "sft", "--config", "tiny_sft.yaml", f"output_dir={ctx.out / 'sft'}",
+            f"data.tokenizer={tokenizer_dir(ctx)}", f"data.data_path=[{sel}]", "train.epochs=null",
+            f"train.train_steps={steps}", "train.eval_interval=10", "stage_args.max_dialogues=null",
+            f"checkpoint.init_from={ctx.out / 'boost' / 'checkpoints'}", f"checkpoint.save_interval={steps}")
+    m = [json.loads(x) for x in (ctx.out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r["val_loss"] for r in m if "val_loss" in r]
+    return {"steps": m[-1]["step"], "val_loss_first": round(vals[0], 3), "val_loss_best": round(min(vals), 3)}
+
+
+def s_dpo_pairs(ctx: Ctx) -> dict:
+    # objective pairs from MCQ (MedMCQA here; the demo's eval leaves MedMCQA out), subjective via the judge
+    mcq = ctx.data / "benchmarks" / "medmcqa_dev.jsonl"
+    carebot(ctx, "dpo_pairs", "data", "dpo-pairs", "--mcq", str(mcq), "--sft", ctx.counts["sft_select"]["selected_file"],
+            "--n-subjective", "40" if ctx.quick else "150", "--base-url", ctx.base_url, "--out", str(ctx.d("dpo_pairs")),
+            "--no-progress")
+    s = json.loads((ctx.out / "dpo_pairs" / "summary.json").read_text()) if (ctx.out / "dpo_pairs" / "summary.json").exists() else {}
+    pairs = ctx.out / "dpo_pairs" / "pairs.jsonl"
+    return {"pairs": len(jl(pairs)), **{k: v for k, v in s.items() if isinstance(v, int)}, "pairs_file": str(pairs)}
+
+
+def s_dpo(ctx: Ctx) -> dict:
+    steps = 10 if ctx.quick else 30
+    carebot(ctx, "dpo", "dpo", "--config", "tiny_dpo.yaml", f"output_dir={ctx.out / 'dpo'}",
+            f"data.tokenizer={tokenizer_dir(ctx)}", f"data.data_path=[{ctx.counts['dpo_pairs']['pairs_file']}]",
+            f"train.train_steps={steps}", "train.epochs=null", "stage_args.max_pairs=null",
+            f"checkpoint.init_from={ctx.out / 'sft' / ('best' if (ctx.out / 'sft' / 'best').exists() else 'checkpoints')}",
+            f"checkpoint.save_interval={steps}")
+    m = [json.loads(x) for x in (ctx.out / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    keys = [k for k in m[-1] if "margin" in k or "accuracy" in k]
+    return {"steps": m[-1]["step"], "loss_first": round(m[0]["loss"], 4), "loss_last": round(m[-1]["loss"], 4),
+            **{k: round(m[-1][k], 4) for k in keys}}
+
+
+def s_export_final(ctx: Ctx) -> dict:
+    return _export(ctx, ctx.out / "dpo", "hf_final")
+
+
+def s_eval(ctx: Ctx) -> dict:
+    limit = "40" if ctx.quick else "150"
+    runs = []
+    for name in ("hf_base", "hf_final"):
+        carebot(ctx, "eval", "eval", "mcq", "--model", str(ctx.out / name), "--name", name,
+                "--benchmarks", "medqa,mmlu_med,pubmedqa", "--limit", limit, "--seeds", "0,1,2",
+                "--out", str(ctx.d("eval") / name), "--contamination", "warn")
+        runs.append(str(ctx.out / "eval" / name))
+    carebot(ctx, "eval", "eval", "judge", "consult", "--model", str(ctx.out / "hf_final"), "--name", "hf_final",
+            "--benchmarks", "cmtmedqa", "--limit", "3" if ctx.quick else "10", "--max-turns", "2",
+            "--max-new-tokens", "32", "--judge-base-url", ctx.base_url, "--out", str(ctx.d("eval") / "judge_final"),
+            "--contamination", "warn")
+    carebot(ctx, "eval", "eval", "report", "--runs", *runs, "--out", str(ctx.d("eval") / "report"))
+    pngs = sorted(p.name for p in (ctx.out / "eval" / "report").glob("*.png"))
+    return {"report": str(ctx.out / "eval" / "report" / "report.md"), "plots": len(pngs)}
+
+
+def demo_answer(messages: list[dict], body: dict) -> str:
+    """The local endpoint's rule-based answers, by prompt kind: data labels, DPO doctor replies and
+    comparisons, consultation scores (1-5, from length and medical terms), pairwise winners."""
+    from data_tools.dpo_pairs import fake_doctor_judge
+    from data_tools.fake_openai import rule_labeler, rule_quality
+
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    if "<document>" in user:
+        return rule_labeler(messages, body)
+    if "fluency（流畅性" in system:
+        answer = user.split("【模型回答】")[-1] if "【模型回答】" in user else user[-400:]
+        q = max(1, min(5, rule_quality(answer)))
+        return json.dumps({"fluency": q, "relevance": q, "completeness": max(1, q - 1), "proficiency": q,
+                           "reason": "rule-based local judge"})
+    if "winner" in system and "【回答1】" in user:
+        a1 = user.split("【回答1】")[1].split("【回答2】")[0]
+        a2 = user.split("【回答2】")[1]
+        return json.dumps({"winner": "1" if len(a1) > len(a2) * 1.1 else "2" if len(a2) > len(a1) * 1.1 else "tie"})
+    return fake_doctor_judge(messages, body)
+
+
 STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
     ("corpus", "assemble a mixed zh/en, medical/general raw corpus from real data", s_corpus),
     ("rules", "bilingual rule filters + PII scrub", s_rules),
@@ -234,6 +340,13 @@ STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
     ("blend", "Stable (19:1, zh:en 1:9) and Boost (1:1, zh:en 4:6) weights", s_blend),
     ("stable", "Stable CPT (tiny LLaMA-3-shaped model, megatron-core, CPU)", s_stable),
     ("boost", "Boost CPT from the Stable checkpoint, new LR schedule", s_boost),
+    ("hf_base", "export the Boost checkpoint to HuggingFace (LlamaForCausalLM)", s_export_base),
+    ("sft_select", "SFT corpus: build, decontaminate, Deita selection (scored by our model)", s_sft_select),
+    ("sft", "SFT, loss on assistant tokens only, best checkpoint kept", s_sft),
+    ("dpo_pairs", "DPO pairs: objective (MCQ) + subjective (judge, both orders)", s_dpo_pairs),
+    ("dpo", "DPO (sigmoid, precomputed reference log-probs)", s_dpo),
+    ("hf_final", "export the DPO model to HuggingFace", s_export_final),
+    ("eval", "MCQ (3 benchmarks, 3 seeds) base vs final, judged consultation, Table-1 report", s_eval),
 ]
 
 
@@ -253,16 +366,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--quick", action="store_true", help="fewer documents and steps (CI)")
     ap.add_argument("--base-url", default="", help="OpenAI-compatible endpoint (default: a local rule-based one)")
-    ap.add_argument("--fresh", action="store_true", help="ignore finished steps of an earlier run")
+    ap.add_argument("--fresh", action="store_true", help="delete OUT and start over (default: resume)")
     ap.add_argument("--tokenizer", choices=["bpe", "llama3"], default="bpe",
                     help="bpe: a 4k BPE trained on the corpus (fast); llama3: the real LLaMA-3 tokenizer")
     a = ap.parse_args(argv)
     ctx = Ctx(out=Path(a.out), data=data_dir(), quick=a.quick, tokenizer=a.tokenizer)
+    if a.fresh and ctx.out.exists():
+        shutil.rmtree(ctx.out)  # the tools' own resume markers would otherwise skip work too
     ctx.out.mkdir(parents=True, exist_ok=True)
     server = None
     if not a.base_url:
         from data_tools.fake_openai import FakeOpenAI
-        server = FakeOpenAI().start()
+        server = FakeOpenAI(answer=demo_answer).start()
+        os.environ.setdefault("OPENAI_API_KEY", "local-demo-endpoint")  # the local server ignores it
         ctx.base_url = server.base_url
     else:
         ctx.base_url = a.base_url
