@@ -261,20 +261,22 @@ def s_sft(ctx: Ctx) -> dict:
 
 def s_dpo_pairs(ctx: Ctx) -> dict:
     # objective pairs from MCQ (MedMCQA here; the demo's eval leaves MedMCQA out), subjective via the judge
-    mcq = ctx.data / "benchmarks" / "medmcqa_dev.jsonl"
+    mcq = write_jl(ctx.d("dpo_pairs") / "mcq_subset.jsonl",
+                   jl(ctx.data / "benchmarks" / "medmcqa_dev.jsonl")[: 60 if ctx.quick else 200])
     carebot(ctx, "dpo_pairs", "data", "dpo-pairs", "--mcq", str(mcq), "--sft", ctx.counts["sft_select"]["selected_file"],
             "--n-subjective", "40" if ctx.quick else "150", "--base-url", ctx.base_url, "--out", str(ctx.d("dpo_pairs")),
             "--no-progress")
     s = json.loads((ctx.out / "dpo_pairs" / "summary.json").read_text()) if (ctx.out / "dpo_pairs" / "summary.json").exists() else {}
     pairs = ctx.out / "dpo_pairs" / "pairs.jsonl"
-    return {"pairs": len(jl(pairs)), **{k: v for k, v in s.items() if isinstance(v, int)}, "pairs_file": str(pairs)}
+    return {"pairs": len(jl(pairs)), **{k: v for k, v in s.items() if isinstance(v, int) and k != "seed"},
+            "pairs_file": str(pairs)}
 
 
 def s_dpo(ctx: Ctx) -> dict:
     steps = 10 if ctx.quick else 30
     carebot(ctx, "dpo", "dpo", "--config", "tiny_dpo.yaml", f"output_dir={ctx.out / 'dpo'}",
             f"data.tokenizer={tokenizer_dir(ctx)}", f"data.data_path=[{ctx.counts['dpo_pairs']['pairs_file']}]",
-            f"train.train_steps={steps}", "train.epochs=null", "stage_args.max_pairs=null",
+            f"train.train_steps={steps}", "train.epochs=null", f"stage_args.max_pairs={64 if ctx.quick else 200}",
             f"checkpoint.init_from={ctx.out / 'sft' / ('best' if (ctx.out / 'sft' / 'best').exists() else 'checkpoints')}",
             f"checkpoint.save_interval={steps}")
     m = [json.loads(x) for x in (ctx.out / "dpo" / "metrics.jsonl").read_text().splitlines()]

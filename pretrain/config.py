@@ -161,7 +161,12 @@ def _load_yaml(path: Path) -> dict:
                           f"{', '.join(sorted(p.name for p in RECIPES.glob('*.yaml')))})")
     raw = yaml.safe_load(path.read_text()) or {}
     base = raw.pop("base", None)
-    return _merge(_load_yaml(path.parent / base), raw) if base else raw
+    if not base:
+        return raw
+    parent = _load_yaml(path.parent / base)
+    if raw.get("stage", parent.get("stage")) != parent.get("stage"):
+        parent.pop("stage_args", None)  # stage_args belong to their stage: DPO does not inherit SFT's
+    return _merge(parent, raw)
 
 
 def parse_overrides(items: list[str]) -> dict:
