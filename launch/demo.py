@@ -41,6 +41,7 @@ class Ctx:
     quick: bool
     tokenizer: str = "bpe"
     base_url: str = ""
+    local_llm: bool = True
     counts: dict = field(default_factory=dict)
 
     def d(self, name: str) -> Path:
@@ -190,8 +191,10 @@ def s_blend(ctx: Ctx) -> dict:
     for kind in ("stable", "boost"):
         carebot(ctx, "blend", "data", "blend", "--kind", kind, "--manifests", str(ctx.out / "tokens"),
                 "--out", str(ctx.d("blend") / f"{kind}.yaml"), "--max-epochs", "1000")
-        summ = json.loads((ctx.out / "blend" / f"{kind}.json").read_text())
-        res[kind] = {k: round(v, 3) for k, v in (summ.get("shares") or {}).items()} or summ.get("data_path")
+        import yaml
+        dp = yaml.safe_load((ctx.out / "blend" / f"{kind}.yaml").read_text())["data"]["data_path"]
+        res[kind] = {Path(p).name.replace("_text_document", "").replace("_messages_document", ""): round(w, 4)
+                     for w, p in zip(dp[0::2], dp[1::2])}
     return res
 
 
@@ -301,7 +304,8 @@ def s_eval(ctx: Ctx) -> dict:
             "--benchmarks", "cmtmedqa", "--limit", "3" if ctx.quick else "10", "--max-turns", "2",
             "--max-new-tokens", "32", "--judge-base-url", ctx.base_url, "--out", str(ctx.d("eval") / "judge_final"),
             "--contamination", "warn")
-    carebot(ctx, "eval", "eval", "report", "--runs", *runs, "--out", str(ctx.d("eval") / "report"))
+    carebot(ctx, "eval", "eval", "report", "--runs", *runs, str(ctx.out / "eval" / "judge_final"),
+            "--out", str(ctx.d("eval") / "report"))
     pngs = sorted(p.name for p in (ctx.out / "eval" / "report").glob("*.png"))
     return {"report": str(ctx.out / "eval" / "report" / "report.md"), "plots": len(pngs)}
 
@@ -356,8 +360,11 @@ def report(ctx: Ctx, timings: dict) -> Path:
     rows = "".join(f"| {i + 1} | {name} | {timings.get(name, 0):.1f} | "
                    f"{', '.join(f'{k}={v}' for k, v in ctx.counts.get(name, {}).items())} |\n"
                    for i, (name, _, _) in enumerate(STEPS))
+    total = sum(timings.values())
     md = (f"# CareBot demo report\n\ndata: `{ctx.data}`; quick: {ctx.quick}; LLM endpoint: {ctx.base_url} "
-          "(rule-based labeler / judge)\n\n| # | step | seconds | outputs |\n|---|---|---|---|\n" + rows)
+          f"({'a local rule-based labeler / judge' if ctx.local_llm else 'as given'}); total {total / 60:.1f} min\n\n"
+          "| # | step | seconds | outputs |\n|---|---|---|---|\n" + rows
+          + f"\nEvaluation report (Table-1 layout, t-tests, plots): `{ctx.out / 'eval' / 'report' / 'report.md'}`\n")
     (ctx.out / "report.md").write_text(md, encoding="utf-8")
     (ctx.out / "report.json").write_text(json.dumps({"counts": ctx.counts, "seconds": timings}, indent=2))
     return ctx.out / "report.md"
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OPENAI_API_KEY", "local-demo-endpoint")  # the local server ignores it
         ctx.base_url = server.base_url
     else:
-        ctx.base_url = a.base_url
+        ctx.base_url, ctx.local_llm = a.base_url, False
     timings: dict[str, float] = {}
     print(f"[demo] data {ctx.data} -> {ctx.out}; LLM endpoint {ctx.base_url}"
           f"{' (local rule-based labeler/judge)' if server else ''}", flush=True)
@@ -391,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, (name, what, fn) in enumerate(STEPS):
             done = ctx.out / name / "demo_step.json"
             if done.exists() and not a.fresh:
-                ctx.counts[name] = json.loads(done.read_text())
+                rec = json.loads(done.read_text())
+                ctx.counts[name], timings[name] = rec["outputs"], rec["seconds"]
                 print(f"[demo {i + 1:>2}/{len(STEPS)}] {name}: done earlier {ctx.counts[name]}", flush=True)
                 continue
             print(f"[demo {i + 1:>2}/{len(STEPS)}] {name}: {what} ...", flush=True)
@@ -399,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.counts[name] = fn(ctx)
             timings[name] = time.time() - t0
             ctx.d(name)
-            done.write_text(json.dumps(ctx.counts[name]))
+            done.write_text(json.dumps({"outputs": ctx.counts[name], "seconds": timings[name]}))
             print(f"[demo {i + 1:>2}/{len(STEPS)}] {name}: {ctx.counts[name]} ({timings[name]:.1f} s)", flush=True)
     finally:
         if server:
