@@ -141,9 +141,9 @@ def s_dedup(ctx: Ctx) -> dict:
 
 
 def s_bucket(ctx: Ctx) -> dict:
-    # the demo's tiny DataRater is trained on a few hundred rule-labelled items: HQ at >= 3 keeps a bucket
+    # medical_hq: DataRater >= 4 ("absolutely high quality" on BAAI's DataRater card) feeds Boost CPT
     carebot(ctx, "bucket", "data", "bucket", "--input", *map(str, (ctx.out / "dedup").glob("*.jsonl")),
-            "--out", str(ctx.d("bucket")), "--hq-threshold", "3")
+            "--out", str(ctx.d("bucket")), "--hq-threshold", "4")
     return {p.name: sum(len(jl(f)) for f in p.glob("*.jsonl")) for p in sorted((ctx.out / "bucket").iterdir()) if p.is_dir()}
 
 
