@@ -94,8 +94,6 @@ def plan(manifests: list, kind: str = "stable", spec: BlendSpec | None = None) -
     buckets = {k: Bucket(*k, share=s) for k, s in target_shares(spec).items()}
     for m in map(_as_manifest, manifests):
         key = bucket_of(m)
-        if key not in buckets and key[0] == "medical_hq" and ("medical", key[1]) in buckets:
-            key = ("medical", key[1])  # Stable's medical share covers all medical data, the HQ part included
         if key in buckets and m["tokens"] > 0:
             buckets[key].prefixes.append((m["prefix"], int(m["tokens"])))
     empty = [b.name for b in buckets.values() if b.share > 0 and b.tokens == 0]

@@ -103,15 +103,3 @@ def test_cli_writes_fragment_and_reports_short_buckets(shards, tmp_path, capsys)
 def test_missing_bucket_is_an_error(shards):
     with pytest.raises(BlendError, match="sft_en"):
         solve_blend([s for s in shards if s["bucket"] != "sft_en"], kind="boost")
-
-
-def test_stable_medical_includes_the_hq_bucket():
-    from data_tools.blend import solve_blend
-
-    ms = [{"prefix": f"/d/{b}", "bucket": b, "tokens": t} for b, t in
-          [("medical_hq_zh", 100), ("medical_hq_en", 900), ("medical_en", 900), ("general_zh", 50), ("general_en", 50)]]
-    dp = solve_blend(ms, "stable")
-    w = dict(zip(dp[1::2], dp[0::2]))
-    assert abs(w["/d/medical_hq_zh"] - 0.095) < 1e-9  # the only medical zh data
-    assert abs(w["/d/medical_hq_en"] + w["/d/medical_en"] - 0.855) < 1e-9
-    assert abs(w["/d/medical_hq_en"] - w["/d/medical_en"]) < 1e-9  # split by token counts
