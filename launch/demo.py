@@ -141,9 +141,11 @@ def s_dedup(ctx: Ctx) -> dict:
 
 
 def s_bucket(ctx: Ctx) -> dict:
-    # medical_hq: DataRater >= 4 ("absolutely high quality" on BAAI's DataRater card) feeds Boost CPT
+    # medical_hq feeds Boost CPT. Production: DataRater >= 4 ("absolutely high quality", BAAI's card). The
+    # demo's DataRater learnt from a few hundred rule-labelled items and its zh and en scales differ, so the
+    # top 40% of medical docs in each language are HQ.
     carebot(ctx, "bucket", "data", "bucket", "--input", *map(str, (ctx.out / "dedup").glob("*.jsonl")),
-            "--out", str(ctx.d("bucket")), "--hq-threshold", "4")
+            "--out", str(ctx.d("bucket")), "--hq-top-frac", "0.4")
     return {p.name: sum(len(jl(f)) for f in p.glob("*.jsonl")) for p in sorted((ctx.out / "bucket").iterdir()) if p.is_dir()}
 
 
