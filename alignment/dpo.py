@@ -17,7 +17,6 @@ Losses (rewards r = beta * (log pi - log pi_ref), delta = (log-ratio chosen) - (
 total = preference_loss_weight * preference + sft_loss_weight * (token-mean NLL of the chosen answers)."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -33,8 +32,8 @@ import torch.nn.functional as F
 from alignment.sft import render_dialogue, shift, split_valid, stage_args
 from data_tools.formats import read_pairs
 from pretrain import checkpoint as ckpt
-from pretrain.config import ConfigError, RunConfig, load_config
-from pretrain.trainer import Stage, exit_code_for_errors, run
+from pretrain.config import ConfigError, RunConfig
+from pretrain.trainer import Stage, stage_main
 
 LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 
@@ -341,18 +340,13 @@ def make_stage(cfg: RunConfig) -> Stage:
                  before_step=partial(live_reference, ref) if a.reference == "live" else None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="carebot dpo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="recipe YAML (dpo.yaml, tiny_dpo.yaml)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stage_args.loss=ipo")
-    args = ap.parse_args(argv)
+def _stage(cfg) -> Stage:
+    load_pairs(cfg)
+    return make_stage(cfg)
 
-    def go():
-        cfg = load_config(args.config, args.overrides)
-        load_pairs(cfg)
-        return run(cfg, make_stage(cfg))
-    return exit_code_for_errors(go)
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(argv, "carebot dpo", __doc__, _stage)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Packing (off by default) concatenates dialogues into one window with position id
 label crossing a boundary, and a block-diagonal causal attention mask (see docs/alignment.md)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 
 from data_tools.formats import read_sft
-from pretrain.config import ConfigError, RunConfig, from_dict, load_config
-from pretrain.trainer import Stage, exit_code_for_errors, run
+from pretrain.config import ConfigError, RunConfig, from_dict
+from pretrain.trainer import Stage, stage_main
 
 
 @dataclass(kw_only=True)
@@ -193,17 +192,13 @@ def build_sft_datasets(cfg: RunConfig, tokenizer, num_samples: list[int]):
 SFT = Stage(name="sft", build_datasets=build_sft_datasets)
 
 
+def _stage(cfg) -> Stage:
+    load_sft_data(cfg)
+    return SFT
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="carebot sft", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="recipe YAML (sft.yaml, tiny_sft.yaml)")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stage_args.packing=true")
-    args = ap.parse_args(argv)
-    def go():
-        cfg = load_config(args.config, args.overrides)
-        load_sft_data(cfg)
-        return run(cfg, SFT)
-    return exit_code_for_errors(go)
+    return stage_main(argv, "carebot sft", __doc__, _stage)
 
 
 if __name__ == "__main__":

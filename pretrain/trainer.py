@@ -375,3 +375,20 @@ def exit_code_for_errors(fn: Callable[[], Any]) -> int:
     except (ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
         print(f"carebot: error: {e}", file=sys.stderr, flush=True)
         return 2
+
+
+def stage_main(argv: list[str] | None, prog: str, doc: str, make_stage: Callable[[RunConfig], Stage]) -> int:
+    """The CLI of every training stage: `--config` recipe(s) + dotted overrides -> `run`, clear errors."""
+    import argparse
+
+    from pretrain.config import load_config
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, nargs="+", help="recipe YAML(s), merged left to right")
+    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train_steps=50")
+    args = ap.parse_args(argv)
+
+    def go():
+        cfg = load_config(args.config, args.overrides)
+        return run(cfg, make_stage(cfg))
+    return exit_code_for_errors(go)
