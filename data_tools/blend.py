@@ -209,15 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-samples", type=int, default=20000)
     a = ap.parse_args(argv)
 
-    if a.recipe:  # the step count the epochs check is about, straight from the trainer's recipe
-        import yaml
+    if a.recipe:  # the step count the epochs check is about, from the trainer's recipe (its `base:` chain too)
+        from pretrain.config import ConfigError, load_config
 
-        r = yaml.safe_load(Path(a.recipe).read_text()) or {}
-        a.steps = a.steps or r.get("train", {}).get("train_steps")
-        a.global_batch_size = a.global_batch_size or r.get("train", {}).get("global_batch_size")
-        a.seq_length = a.seq_length or r.get("data", {}).get("seq_length")
-        if not (a.steps and a.global_batch_size and a.seq_length):
-            raise SystemExit(f"--recipe {a.recipe}: needs train.train_steps, train.global_batch_size, data.seq_length")
+        try:
+            rc = load_config(a.recipe)
+        except ConfigError as e:
+            raise SystemExit(f"--recipe {a.recipe}: {e}") from None
+        a.steps = a.steps or rc.train.train_steps
+        a.global_batch_size = a.global_batch_size or rc.train.global_batch_size
+        a.seq_length = a.seq_length or rc.data.seq_length
     base = RECIPES[a.kind]
     lang_ratio = a.lang_ratio or base.lang_ratio
     if a.domain_lang_ratio:

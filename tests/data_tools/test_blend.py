@@ -98,6 +98,11 @@ def test_cli_writes_fragment_and_reports_short_buckets(shards, tmp_path, capsys)
     recipe.write_text("train: {train_steps: 100, global_batch_size: 10}\ndata: {seq_length: 1000}\n")
     assert main(["--kind", "stable", "--manifests", root, "--out", str(out), "--recipe", str(recipe)]) == 1
     assert json.loads(out.with_suffix(".json").read_text())["train_tokens"] == 1_000_000
+    # a recipe that states only what differs from its `base:` recipe
+    child = tmp_path / "child.yaml"
+    child.write_text("base: r.yaml\ntrain: {train_steps: 50}\n")
+    main(["--kind", "stable", "--manifests", root, "--out", str(out), "--recipe", str(child)])
+    assert json.loads(out.with_suffix(".json").read_text())["train_tokens"] == 500_000
 
 
 def test_missing_bucket_is_an_error(shards):
