@@ -19,7 +19,6 @@ Reply tokens are the content tokens of the reply (not the template's end-of-turn
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,7 +123,6 @@ def score_batch(sc: Scorer, dialogues: list[Dialogue], cfg: ConFilterConfig) -> 
     groups: list[list[int]] = []
     cur: list[int] = []
     for j in order:
-        L = min(len(seqs[j][0]), cfg.max_len)
         rows = 1 + len(rows_of[j])
         if cur and (sum(1 + len(rows_of[c]) for c in cur) + rows) * min(len(seqs[cur[0]][0]), cfg.max_len) > cfg.max_tokens:
             groups.append(cur)

@@ -6,9 +6,6 @@ epochs, model selected by lowest MSE. Reported here: MSE (paper's metric), Spear
 """
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from data_tools import encoder as E
-from data_tools.docs import InputError, doc_text, read_jsonl, write_json, write_jsonl
-from data_tools.domain import split
+from data_tools.docs import InputError, write_json
 
 
 def metrics(pred: np.ndarray, y: np.ndarray, threshold: float = 3.0) -> dict[str, float]:
@@ -33,15 +29,7 @@ def train(texts: list[str], scores: list[float], out: Path, enc: E.EncoderConfig
     y = np.asarray(scores, dtype=np.float32)
     if y.min() < 0 or y.max() > 5:
         raise InputError("quality scores must be in [0, 5]")
-    tr, dv, te = split(len(texts), head_cfg.seed)
-    if head_cfg.finetune:
-        tok, model, head = E.finetune([texts[i] for i in tr], y[tr], 1, enc, head_cfg, progress)
-        X = E.embed(texts, E.resolve(enc), progress, tok_model=(tok, model))
-        E.save_model(out, head, enc, {"task": "datarater"}, model, tok)
-    else:
-        X = E.embed_cached(texts, enc, progress)
-        head = E.train_head(X[tr], y[tr], 1, head_cfg, dev=(X[dv], y[dv]) if len(dv) else None)
-        E.save_model(out, head, enc, {"task": "datarater"})
+    head, X, (tr, dv, te) = E.fit(texts, y, 1, out, enc, head_cfg, {"task": "datarater"}, progress)
     pred = np.clip(E.predict(head, X[te])[:, 0], 0, 5)
     rep = {"n_train": len(tr), "n_dev": len(dv), "n_test": len(te), **metrics(pred, y[te]), "finetune": head_cfg.finetune}
     write_json(out / "eval.json", rep)
@@ -52,43 +40,11 @@ def train(texts: list[str], scores: list[float], out: Path, enc: E.EncoderConfig
 
 
 def apply(model_dir: Path, recs: list[dict], batch_size: int = 64, progress: bool = True) -> list[dict]:
-    head, enc, _ = E.load_model(model_dir)
-    # cached per text: the domain classifier and DataRater score the same corpus with one encoding
-    X = E.embed_cached([doc_text(r) for r in recs], E.EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
+    head, X, _ = E.embed_for(model_dir, recs, batch_size, progress)
     q = np.clip(E.predict(head, X)[:, 0], 0, 5)
     return [{**r, "quality": round(float(s), 3)} for r, s in zip(recs, q)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="carebot data datarater", description="train / apply the DataRater quality regressor")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
-    t.add_argument("--train", nargs="+", required=True, help="jsonl with text + quality (label's train.jsonl)")
-    t.add_argument("--score-field", default="quality")
-    t.add_argument("--out", required=True)
-    t.add_argument("--encoder", default="")
-    t.add_argument("--max-length", type=int, default=256)
-    t.add_argument("--finetune", action="store_true", help="full fine-tuning (paper: lr 1e-5, bs 64, 10 epochs)")
-    t.add_argument("--seed", type=int, default=0)
-    a_ = sub.add_parser("apply")
-    a_.add_argument("--model", required=True)
-    a_.add_argument("--input", nargs="+", required=True)
-    a_.add_argument("--out-dir", required=True)
-    a = ap.parse_args(argv)
-    if a.cmd == "train":
-        texts, ys = [], []
-        for p in a.train:
-            for n, r in enumerate(read_jsonl(p), 1):
-                if a.score_field not in r:
-                    raise InputError(f"{p}:{n}: no '{a.score_field}' field")
-                texts.append(doc_text(r))
-                ys.append(float(r[a.score_field]))
-        rep = train(texts, ys, Path(a.out), E.EncoderConfig(path=a.encoder, max_length=a.max_length),
-                    E.HeadConfig(finetune=a.finetune, seed=a.seed), progress=True)
-        print(json.dumps(rep))
-        return 0
-    for p in a.input:
-        dst = Path(a.out_dir) / Path(p).name
-        if not dst.exists():
-            write_jsonl(dst, apply(Path(a.model), list(read_jsonl(p))))
-    return 0
+    return E.head_main(argv, "carebot data datarater", "the DataRater quality regressor", "score-field", "quality",
+                       float, train, apply)

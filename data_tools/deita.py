@@ -14,7 +14,6 @@ position's logits are computed, so a batch equals one-at-a-time scoring (`score_
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

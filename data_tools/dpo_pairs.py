@@ -18,7 +18,6 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 

@@ -345,3 +345,78 @@ def load_model(path: Path) -> tuple[Head, EncoderConfig, dict]:
 @torch.inference_mode()
 def predict(head: Head, X: np.ndarray) -> np.ndarray:
     return head(torch.from_numpy(X).float()).numpy()
+
+
+# ----------------------------------------------------------------------------- shared by domain + DataRater
+def split(n: int, seed: int, test_frac: float = 0.2, dev_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (train, dev, test) index split."""
+    idx = np.random.default_rng(seed).permutation(n)
+    nt, nd = int(n * test_frac), int(n * dev_frac)
+    return idx[nt + nd :], idx[nt : nt + nd], idx[:nt]
+
+
+def fit(texts: list[str], y: np.ndarray, n_out: int, out: Path, enc: EncoderConfig, head_cfg: HeadConfig, meta: dict,
+        progress: bool = False) -> tuple[Head, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Train on the train split (a head on frozen cached embeddings, or full fine-tuning) and save to `out`.
+    Returns the head, every text's embedding (for the held-out eval) and the split."""
+    tr, dv, te = split(len(texts), head_cfg.seed)
+    if head_cfg.finetune:
+        tok, model, head = finetune([texts[i] for i in tr], y[tr], n_out, enc, head_cfg, progress)
+        X = embed(texts, resolve(enc), progress, tok_model=(tok, model))
+        save_model(out, head, enc, meta, model, tok)
+    else:
+        X = embed_cached(texts, enc, progress)
+        head = train_head(X[tr], y[tr], n_out, head_cfg, dev=(X[dv], y[dv]) if len(dv) else None)
+        save_model(out, head, enc, meta)
+    return head, X, (tr, dv, te)
+
+
+def embed_for(model_dir: Path, recs: list[dict], batch_size: int, progress: bool) -> tuple[Head, np.ndarray, dict]:
+    """A saved model's head, the embeddings of `recs` (cached per text: the domain classifier and DataRater
+    score the same corpus with one encoding) and its meta."""
+    from data_tools.docs import doc_text
+
+    head, enc, meta = load_model(model_dir)
+    X = embed_cached([doc_text(r) for r in recs], EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
+    return head, X, meta
+
+
+def head_main(argv: list[str] | None, prog: str, what: str, field: str, default: str, cast, train, apply) -> int:
+    """`train` / `apply` subcommands of an encoder + head model (domain classifier, DataRater)."""
+    import argparse
+
+    from data_tools.docs import InputError, doc_text, read_jsonl, write_jsonl
+
+    ap = argparse.ArgumentParser(prog=prog, description=f"train / apply {what}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--train", nargs="+", required=True, help=f"jsonl with text + {default} (e.g. label's train.jsonl)")
+    t.add_argument(f"--{field}", default=default, help="the target field")
+    t.add_argument("--out", required=True)
+    t.add_argument("--encoder", default="", help="HF encoder dir (bge-m3); default: offline e5-small")
+    t.add_argument("--max-length", type=int, default=256)
+    t.add_argument("--finetune", action="store_true", help="full fine-tuning (paper: lr 1e-5, bs 64, 10 epochs)")
+    t.add_argument("--seed", type=int, default=0)
+    a_ = sub.add_parser("apply")
+    a_.add_argument("--model", required=True)
+    a_.add_argument("--input", nargs="+", required=True)
+    a_.add_argument("--out-dir", required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "train":
+        key = getattr(a, field.replace("-", "_"))
+        texts, ys = [], []
+        for p in a.train:
+            for n, r in enumerate(read_jsonl(p), 1):
+                if key not in r:
+                    raise InputError(f"{p}:{n}: no '{key}' field")
+                texts.append(doc_text(r))
+                ys.append(cast(r[key]))
+        rep = train(texts, ys, Path(a.out), EncoderConfig(path=a.encoder, max_length=a.max_length),
+                    HeadConfig(finetune=a.finetune, seed=a.seed), progress=True)
+        print(json.dumps(rep))
+        return 0
+    for p in a.input:  # one output shard per input; finished shards are skipped on rerun
+        dst = Path(a.out_dir) / Path(p).name
+        if not dst.exists():
+            write_jsonl(dst, apply(Path(a.model), list(read_jsonl(p))))
+    return 0

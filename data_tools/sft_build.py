@@ -22,7 +22,7 @@ from typing import Any
 
 import pydantic
 
-from data_tools.docs import InputError, doc_text, read_jsonl, write_json, write_jsonl
+from data_tools.docs import InputError, read_jsonl, write_json, write_jsonl
 from data_tools.formats import SFT_FORMATS, Dialogue, sft_from_record, sft_to_record
 from data_tools.llm import LLMClient, LLMConfig
 

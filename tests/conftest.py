@@ -2,11 +2,45 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from data_tools.paths import cache_dir, data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stage(module: str, recipe: str, out: Path, overrides: list[str], nproc: int = 1, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m <module> --config recipe output_dir=out ...` (pretrain.train, alignment.sft, ...), under
+    torchrun when nproc > 1."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", module]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(free_port()), "-m", module]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run(cmd + ["--config", recipe, f"output_dir={out}", *overrides], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def metrics(out: Path) -> list[dict]:
+    """The trainer's metrics.jsonl rows."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")

@@ -1,43 +1,14 @@
 """Alignment fixtures: real CMtMedQA dialogues, DPO pairs built from them, one shared TP=PP=1 init checkpoint."""
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_stage
+
 REPO = Path(__file__).resolve().parents[2]
 CMTMEDQA = "dialogue/cmtmedqa_test.jsonl"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_stage(module: str, recipe: str, out: Path, overrides: list[str], nproc: int = 1, check: bool = True,
-              timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m alignment.<module> --config recipe output_dir=out ...`, under torchrun when nproc > 1."""
-    if nproc == 1:
-        cmd = [sys.executable, "-m", module]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_port()), "-m", module]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run(cmd + ["--config", recipe, f"output_dir={out}", *overrides], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
-    return p
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")

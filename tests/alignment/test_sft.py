@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignment.sft import SFTDataset, read_dialogues, render_dialogue, shift, tokenize_dialogues
-from tests.alignment.conftest import metrics, run_stage
+from tests.conftest import metrics, run_stage
 
 
 def test_loss_mask_covers_only_assistant_replies(llama3_tokenizer, cmtmedqa):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from data_tools import confilter as C
-from data_tools.formats import Dialogue, render_chat, write_sft
+from data_tools.formats import Dialogue, write_sft
 from data_tools.scorer import Scorer
 from tests.conftest import read_jsonl
 

@@ -7,7 +7,7 @@ import pytest
 
 from data_tools import deita
 from data_tools.formats import Dialogue, write_sft
-from data_tools.scorer import Scorer, load_scorer
+from data_tools.scorer import load_scorer
 from tests.conftest import read_jsonl
 
 

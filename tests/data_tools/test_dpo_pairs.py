@@ -7,7 +7,6 @@ import json
 from data_tools import dpo_pairs as P
 from data_tools.fake_openai import Faults, FakeOpenAI
 from data_tools.formats import Dialogue, read_pairs, write_sft
-from data_tools.llm import LLMClient, LLMConfig
 from tests.conftest import read_jsonl
 
 

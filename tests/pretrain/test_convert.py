@@ -7,13 +7,14 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -31,12 +32,6 @@ print("RCS=" + json.dumps([truncate(*a[1:]) if a[0] == "truncate" else main(a) f
 """
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def convert_calls(*calls: list[str]) -> tuple[list[int], str, str]:
     p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps([[str(x) for x in c] for c in calls])], cwd=REPO,
                        env=ENV, capture_output=True, text=True, timeout=900)
@@ -47,7 +42,7 @@ def convert_calls(*calls: list[str]) -> tuple[list[int], str, str]:
 
 def torchrun(nproc: int, module: str, args: list[str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(_port()), "-m", module, *[str(a) for a in args]]
+           str(free_port()), "-m", module, *[str(a) for a in args]]
     p = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, f"{module} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}"
     return p
