@@ -3,8 +3,11 @@ atomic (saved under `iter_N.tmp`, renamed, and only then the `latest` pointer mo
 optimizer, LR scheduler, data position, RNG states)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -47,6 +50,21 @@ def resolve(path: str | Path) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGUSR1/SIGTERM while saving. SLURM signals every process of a job step; processes started during a
+    save (megatron's writer Manager, which then lives on, and its forked writers) inherit this mask, so such a
+    signal cannot kill them and break the save it asked for. The trainer receives it when the save is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: dict, keep_last: int = 2) -> Path:
     """Save on every rank; rank 0 publishes it atomically once all ranks are done."""
     root = Path(root)
@@ -60,7 +78,8 @@ def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: d
     state = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=False),
              "scheduler": scheduler.state_dict(), "rng_state": _rng_state(),
              "carebot": {**extra, "iteration": iteration, "layout": _layout(), "has_optimizer": True}}
-    dist_checkpointing.save(state, str(tmp))
+    with _signals_held():
+        dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:
         shutil.rmtree(final, ignore_errors=True)

@@ -77,9 +77,32 @@ def jobs(slurm_cluster, launch_cpt_base, tmp_path_factory, data_root) -> dict:
             "watcher": watcher, "signalled": signalled}
 
 
+def _job_pythons(out: Path) -> list[int]:
+    """PIDs of the job's Python processes (torchrun, trainer): their command lines name its output dir."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if d.name.isdigit() and "python" in Path(argv[0].decode()).name and f"output_dir={out}".encode() in argv:
+            pids.append(int(d.name))
+    return pids
+
+
+def _pending(pid: int, sig: int) -> bool:
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    return bool((int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)) >> (sig - 1) & 1)
+
+
 def _interrupt(cluster, job: str, out: Path, note: dict) -> None:
     """Send USR1 once the job has logged 2 steps; then cut Slurm's requeue hold (BeginTime, ~2 min, there to
-    let the old allocation clean up: not what is tested here)."""
+    let the old allocation clean up: not what is tested here). The job's Python processes are stopped while
+    Slurm delivers the signal, so that a fast machine cannot finish all steps before it lands (Slurm itself
+    refuses to signal a suspended job); they resume once it is pending in every one of them."""
+    import os
+    import signal
+
     mf, end = out / "metrics.jsonl", time.monotonic() + 900
     try:
         while not (mf.exists() and len(mf.read_text().splitlines()) >= 2):
@@ -87,9 +110,21 @@ def _interrupt(cluster, job: str, out: Path, note: dict) -> None:
                 note["error"] = "job ended before it could be signalled"
                 return
             time.sleep(0.05)
-        # to the job's steps (each node's torchrun), not the batch shell: as --signal=USR1@sec does
-        p = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True)
-        note.update(at_step=len(mf.read_text().splitlines()), scancel=p.returncode, stderr=p.stderr)
+        pids = _job_pythons(out)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            at = len(mf.read_text().splitlines())
+            # to the job's steps (each node's torchrun and its trainer), not the batch shell: as --signal=USR1@sec
+            p = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True)
+            while p.returncode == 0 and not all(_pending(pid, signal.SIGUSR1) for pid in pids):
+                if time.monotonic() > end:
+                    break
+                time.sleep(0.02)
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        note.update(at_step=at, pids=len(pids), scancel=p.returncode, stderr=p.stderr)
         while (st := cluster.job_state(job))["Restarts"] == "0" or st["JobState"] != "PENDING":
             if time.monotonic() > end or st["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"):
                 note["error"] = f"not requeued: {st['JobState']} restarts {st['Restarts']}"
@@ -139,7 +174,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(slurm_cluster, jobs):
     root, job = jobs["root"], jobs["usr1"]
     jobs["watcher"].join(timeout=900)
     note = jobs["signalled"]
-    assert "error" not in note and note.get("scancel") == 0, note
+    assert "error" not in note and note.get("scancel") == 0 and note["pids"] >= 2, note  # torchrun + trainer
     st = slurm_cluster.wait_job(job, timeout=600)
     log = log_of(root, "cpt-usr1", job)
     assert st["JobState"] == "COMPLETED" and st["Restarts"] == "1", log[-3000:]
@@ -176,7 +211,7 @@ def test_8b_scripts_pass_sbatch_test_only(slurm_cluster, tmp_path, stage):
                     log_dir=str(tmp_path))
     r = render_train([spec.recipe], [], s)
     verdict = slurm.sbatch(slurm.write_script(r, s), test_only=True)
-    assert re.search(rf"to start at .* using \d+ processors on nodes node\[?[\d,-]+\]?", verdict), verdict
+    assert re.search(r"to start at .* using \d+ processors on nodes node\[?[\d,-]+\]?", verdict), verdict
     assert f"#SBATCH --nodes={spec.nodes}" in r.script and "#SBATCH --gres=gpu:8" in r.script
     assert "--nproc-per-node 8" in r.script and "export CUDA_DEVICE_MAX_CONNECTIONS=1" in r.script  # TP 4
 

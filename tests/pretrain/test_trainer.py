@@ -1,42 +1,19 @@
 """The one trainer, for real: megatron-core on gloo, real text, tiny LLaMA-3-shaped model."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
+import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import metrics, run_stage
 
 
 def run_pretrain(out: Path, overrides: list[str], nproc: int = 1, recipe: str = "tiny_stable_cpt.yaml",
                  check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "pretrain.train"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_port()), "-m", "pretrain.train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run(cmd + ["--config", recipe, f"output_dir={out}", *overrides], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
-    return p
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return run_stage("pretrain.train", recipe, out, overrides, nproc, check, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +89,42 @@ def test_exact_resume_is_bitwise(tmp_path, base, straight_run):
     assert [r["step"] for r in resumed] == list(range(1, 21))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bitwise (floats compared exactly)
     assert [r["grad_norm"] for r in resumed[10:]] == [r["grad_norm"] for r in straight[10:]]
+
+
+def test_signal_to_the_whole_process_group_after_a_save(tmp_path, base):
+    """SLURM's `--signal=USR1@T` / `scancel --signal` / preemption's SIGTERM reach every process of the job step,
+    helpers too: megatron's checkpoint writer keeps a multiprocessing Manager alive after the first save, and a
+    signal that killed it made the emergency save fail. The run must checkpoint at the step and exit 0."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    cmd = [sys.executable, "-m", "pretrain.train", "--config", "tiny_stable_cpt.yaml", f"output_dir={tmp_path}",
+           *base, "train.train_steps=100000", "checkpoint.save_interval=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        mf, end = tmp_path / "metrics.jsonl", time.monotonic() + 300
+        while not (mf.exists() and len(mf.read_text().splitlines()) >= 3):  # the step-2 save is done
+            assert p.poll() is None and time.monotonic() < end, p.stdout.read()[-3000:]
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGUSR1)  # every process of the group, as slurmd signals a step
+        out, _ = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, out[-3000:]
+    stop = re.search(r"stopping at step (\d+) \(signal SIGUSR1\); checkpoint saved", out)
+    assert stop, out[-3000:]
+    k = int(stop.group(1))
+    assert (tmp_path / "checkpoints" / "latest").read_text() == f"iter_{k:07d}"
+    assert [r["step"] for r in metrics(tmp_path)] == list(range(1, k + 1))
+    run_pretrain(tmp_path, base + [f"train.train_steps={k + 2}", "checkpoint.save_interval=2"])  # resumes at k
+    assert [r["step"] for r in metrics(tmp_path)] == list(range(1, k + 3))
 
 
 def test_stable_to_boost_weights_and_schedule(tmp_path, base, straight_run):
