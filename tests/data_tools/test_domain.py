@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from data_tools import encoder as E
 from data_tools.docs import doc_text
@@ -38,3 +39,35 @@ def test_domain_classifier_heldout_accuracy(tmp_path, data_root):
     out = apply(tmp_path / "dom", [{"text": "患者男，45岁，反复上腹痛三个月，胃镜提示十二指肠溃疡，应如何治疗？"},
                                    {"text": "上证指数周五收涨，沪深两市成交额突破万亿元。"}], progress=False)
     assert [o["domain"] for o in out] == ["medical", "general"] and all(0.5 <= o["domain_prob"] <= 1 for o in out)
+
+
+def test_full_finetuning_saves_reloads_and_retrains(tmp_path, data_root):
+    """The paper's recipe (encoder + head trained end to end) on the offline e5-small: the saved encoder is the
+    trained one, `apply` reproduces the in-process held-out predictions, and a model re-trained into the same
+    dir is not served stale cached embeddings of the first."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    texts, labels = corpus(data_root, n_per_file=8)
+    te = E.split(len(texts), 0)[2]  # seed 0's held-out split
+    enc = E.EncoderConfig(max_length=32, batch_size=32)
+    out = tmp_path / "dom"
+    probs = []
+    for lr in (1e-4, 2e-4):  # two different models, trained into the same dir
+        rep = train(texts, labels, out, enc, E.HeadConfig(finetune=True, finetune_lr=lr, batch_size=16, epochs=2, seed=0))
+        print("finetune", rep)
+        assert rep["finetune"] and rep["n_test"] == len(te) and rep["accuracy"] >= 0.7
+        head, enc_saved, meta = E.load_model(out)
+        assert Path(enc_saved.path) == (out / "encoder").resolve()
+        got = apply(out, [{"text": texts[i]} for i in te], progress=False)
+        assert np.mean([g["domain"] == labels[i] for g, i in zip(got, te)]) == rep["accuracy"]
+        # the same probabilities from the saved encoder, embedded here without the cache
+        X = E.embed([texts[i] for i in te], enc_saved)
+        p = torch.softmax(torch.from_numpy(E.predict(head, X)), -1).numpy().max(1)
+        assert np.abs(p - np.array([g["domain_prob"] for g in got])).max() < 1e-3
+        probs.append(p)
+    assert np.abs(probs[0] - probs[1]).max() > 1e-3  # the second model is a different model
+    base = AutoModel.from_pretrained(E.build_offline_encoder()).encoder.layer[0].attention.self.query.weight
+    tuned = AutoModel.from_pretrained(out / "encoder").encoder.layer[0].attention.self.query.weight
+    assert not torch.equal(base, tuned)
