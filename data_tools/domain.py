@@ -27,10 +27,12 @@ def train(texts: list[str], labels: list[str], out: Path, enc: E.EncoderConfig, 
     for t, p in zip(y[te], pred):
         cm[t, p] += 1
     report = {"n_train": len(tr), "n_dev": len(dv), "n_test": len(te), "accuracy": float((pred == y[te]).mean()),
-              "classes": classes, "confusion": cm.tolist(), "finetune": head_cfg.finetune, "encoder": E.resolve(enc).path}
+              "balanced_accuracy": E.balanced_accuracy(pred, y[te], len(classes)), "classes": classes,
+              "confusion": cm.tolist(), "finetune": head_cfg.finetune, "encoder": E.resolve(enc).path}
     write_json(out / "eval.json", report)
     rows = "".join(f"| {c} | " + " | ".join(map(str, cm[i])) + " |\n" for i, c in enumerate(classes))
-    (out / "report.md").write_text(f"# Domain classifier\n\nheld-out accuracy {report['accuracy']:.4f} on {len(te)} docs\n\n"
+    (out / "report.md").write_text(f"# Domain classifier\n\nheld-out accuracy {report['accuracy']:.4f} (balanced "
+                                   f"{report['balanced_accuracy']:.4f}) on {len(te)} docs\n\n"
                                    f"| true \\ pred | {' | '.join(classes)} |\n|---|{'---|' * len(classes)}\n{rows}", encoding="utf-8")
     return report
 

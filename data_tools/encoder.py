@@ -222,7 +222,8 @@ def embed_cached(texts: Sequence[str], cfg: EncoderConfig, progress: bool = Fals
     store: dict[str, np.ndarray] = {}
     if path.exists():
         with np.load(path) as z:
-            store = {k: z["emb"][i] for i, k in enumerate(z["keys"])}
+            emb = z["emb"]  # read once: each z[...] access re-reads the whole array from the archive
+            store = dict(zip(z["keys"].tolist(), emb))
     todo = sorted({k: i for i, k in enumerate(keys) if k not in store}.values())
     if todo:
         new = embed([texts[i] for i in todo], cfg, progress=progress)
@@ -245,7 +246,16 @@ class HeadConfig:
     epochs: int = 10
     head_epochs: int = 200  # head-only training is cheap: many passes over cached embeddings
     weight_decay: float = 0.01
+    balance: bool = True  # classification: weight classes by inverse frequency (labels are rarely balanced)
     seed: int = 0
+
+
+def class_weights(y: np.ndarray, n_out: int, cfg: HeadConfig) -> torch.Tensor | None:
+    """Inverse-frequency cross-entropy weights (mean 1 over the samples), or None (regression / balance off)."""
+    if n_out == 1 or not cfg.balance:
+        return None
+    counts = np.bincount(y, minlength=n_out).astype(np.float64)
+    return torch.tensor(np.where(counts > 0, len(y) / (n_out * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
 
 
 class Head(torch.nn.Module):
@@ -258,6 +268,11 @@ class Head(torch.nn.Module):
         return self.proj(self.drop(x))
 
 
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray, n_out: int) -> float:
+    """Mean per-class recall over the classes present in y (a majority-class guesser scores 1/k)."""
+    return float(np.mean([(pred[y == c] == c).mean() for c in range(n_out) if (y == c).any()]))
+
+
 def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig, dev: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
     """Train a linear head on frozen embeddings: cross-entropy if n_out > 1, else MSE regression.
     With `dev`, keep the epoch with the best dev score (accuracy; lowest MSE for regression, as the paper
@@ -268,6 +283,7 @@ def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig, dev: t
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     Xt = torch.from_numpy(X).float()
     yt = torch.from_numpy(y).long() if n_out > 1 else torch.from_numpy(y).float()
+    w = class_weights(y, n_out, cfg)
     best: tuple[float, dict] | None = None
     if n_out == 1:  # start at the mean target so the head learns the variation, not the offset
         torch.nn.init.constant_(head.proj.bias, float(yt.mean()))
@@ -275,13 +291,13 @@ def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig, dev: t
         head.train()
         for idx in torch.randperm(len(Xt), generator=g).split(cfg.batch_size):
             out = head(Xt[idx])
-            loss = torch.nn.functional.cross_entropy(out, yt[idx]) if n_out > 1 else torch.nn.functional.mse_loss(out[:, 0], yt[idx])
+            loss = torch.nn.functional.cross_entropy(out, yt[idx], weight=w) if n_out > 1 else torch.nn.functional.mse_loss(out[:, 0], yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
         if dev is not None:
             p = predict(head.eval(), dev[0])
-            score = float((p.argmax(1) == dev[1]).mean()) if n_out > 1 else -float(((p[:, 0] - dev[1]) ** 2).mean())
+            score = balanced_accuracy(p.argmax(1), dev[1], n_out) if n_out > 1 else -float(((p[:, 0] - dev[1]) ** 2).mean())
             if best is None or score > best[0]:
                 best = (score, {k: v.clone() for k, v in head.state_dict().items()})
     if best is not None:
@@ -300,6 +316,8 @@ def finetune(texts: Sequence[str], y: np.ndarray, n_out: int, enc: EncoderConfig
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
     yt = torch.tensor(y, dtype=torch.long if n_out > 1 else torch.float32)
+    w = class_weights(np.asarray(y), n_out, cfg)
+    w = None if w is None else w.to(enc.device)
     steps = cfg.epochs * ((len(texts) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
     bar = tqdm(total=steps, desc="finetune", disable=not progress)
@@ -311,7 +329,7 @@ def finetune(texts: Sequence[str], y: np.ndarray, n_out: int, enc: EncoderConfig
                 e = torch.nn.functional.normalize(pool(model(**b).last_hidden_state, b["attention_mask"], enc.pooling).float(), dim=-1)
                 out = head(e)
             t = yt[idx].to(enc.device)
-            loss = torch.nn.functional.cross_entropy(out, t) if n_out > 1 else torch.nn.functional.mse_loss(out[:, 0], t)
+            loss = torch.nn.functional.cross_entropy(out, t, weight=w) if n_out > 1 else torch.nn.functional.mse_loss(out[:, 0], t)
             opt.zero_grad()
             loss.backward()
             opt.step()

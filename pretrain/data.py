@@ -50,7 +50,30 @@ def build_gpt_datasets(cfg: RunConfig, tokenizer, num_samples: list[int]) -> lis
         reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
         create_attention_mask=False,  # causal mask is built inside attention
     )
+    check_splits(prefixes, ds_cfg, cfg.data.split)
     return BlendedMegatronDatasetBuilder(GPTDataset, num_samples, lambda: True, ds_cfg).build()
+
+
+def check_splits(prefixes: list[str], ds_cfg: GPTDatasetConfig, split: str) -> None:
+    """Every split of every prefix must hold tokens: megatron builds each split with a non-zero share, even one
+    no sample is asked of, and on an empty one `GPTDataset._get_num_epochs` loops forever (a bucket of 20
+    documents at split 99,1,0 leaves 0 for valid)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    names = ("train", "valid", "test")
+    for p in prefixes:
+        ds = IndexedDataset(p)
+        lengths = ds.sequence_lengths.copy()  # a view of the index's mmap, which closes with `ds`
+        del ds
+        n = len(lengths)
+        for name, bounds in zip(names, ds_cfg.split_matrix):
+            if bounds is None:
+                continue
+            beg, end = int(round(bounds[0] * n)), int(round(bounds[1] * n))  # as megatron cuts the documents
+            if int(lengths[beg:end].sum()) == 0:
+                raise ConfigError(f"data prefix {p} has {n} document(s): data.split={split} leaves its {name} split "
+                                  f"{end - beg} document(s) with no tokens (megatron would hang); give this bucket "
+                                  f"more documents, or drop the {name} share (e.g. data.split=100,0,0 without eval)")
 
 
 def collate(samples: list[dict]) -> dict:

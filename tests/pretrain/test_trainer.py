@@ -161,6 +161,23 @@ def test_bad_input_is_one_clear_line(tmp_path, base, override, needle, capsys):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_empty_split_is_a_clear_error_not_a_hang(tmp_path, base, cpt_prefixes, small_tokenizer_dir, data_root):
+    """A 20-document bucket at split 99,1,0 has an empty valid split, on which megatron's GPTDataset loops
+    forever; we stop first with one line (exit 2), and the suggested split trains."""
+    from pretrain.tokenizer import load_tokenizer
+    from tests.conftest import read_jsonl
+    from tests.pretrain.conftest import write_prefix
+
+    texts = [r["text"] for r in read_jsonl(data_root / "general/cmrc2018_wiki_paragraphs_zh.jsonl", 20)]
+    small = write_prefix(load_tokenizer(small_tokenizer_dir), texts, tmp_path / "general_zh")
+    data = f"data.data_path=[0.9, {cpt_prefixes['medical_en']}, 0.1, {small}]"
+    p = run_pretrain(tmp_path / "a", base + [data, "train.train_steps=2"], check=False, timeout=300)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert f"data prefix {small} has 20 document(s): data.split=99,1,0 leaves its valid split 0 document(s)" in p.stderr
+    run_pretrain(tmp_path / "b", base + [data, "train.train_steps=2", "data.split=100,0,0"], timeout=300)
+    assert [r["step"] for r in metrics(tmp_path / "b")] == [1, 2]
+
+
 def test_bad_global_batch_is_one_clear_line(tmp_path, base):
     p = run_pretrain(tmp_path, base + ["train.global_batch_size=6", "train.micro_batch_size=4"], check=False)
     assert p.returncode == 2, p.stderr[-2000:]
