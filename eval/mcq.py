@@ -12,6 +12,7 @@ never mixed into the headline. Every (benchmark, seed) result is written atomica
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -94,7 +95,10 @@ def score_generate(engine, spec: B.BenchmarkSpec, items: list[B.MCQItem], contex
 
 def _metrics(rows: list[dict]) -> dict:
     n = len(rows)
-    return {"n": n, "acc": sum(r["correct"] for r in rows) / n, "acc_norm": sum(r["correct_norm"] for r in rows) / n}
+    # the most frequent answer and its share: a model that always answers "A" is at chance however it scores
+    top, k = collections.Counter(str(r.get("pred")) for r in rows).most_common(1)[0]
+    return {"n": n, "acc": sum(r["correct"] for r in rows) / n, "acc_norm": sum(r["correct_norm"] for r in rows) / n,
+            "top_answer": top, "top_answer_share": k / n}
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -146,7 +150,8 @@ def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
                + (f" and the {cfg.shots}-shot examples" if cfg.shots else ""))
     res = {"title": spec.title, "lang": spec.lang, "mode": mode, "shots": cfg.shots, "n": runs[0]["n"],
            "runs": runs, "acc_mean": acc_m, "acc_std": acc_s, "acc_norm_mean": nrm_m, "acc_norm_std": nrm_s,
-           "deterministic": deterministic, "randomness": why}
+           "deterministic": deterministic, "randomness": why,
+           "top_answer": runs[0].get("top_answer"), "top_answer_share": runs[0].get("top_answer_share")}
     if cfg.permutations:
         res["robustness"] = option_order_robustness(engine, cfg, spec, items, out / name)
     return res

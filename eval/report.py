@@ -30,10 +30,19 @@ def mcq_markdown(summary: dict) -> str:
     c = summary.get("contamination") or {}
     if c.get("overlap"):
         lines += [f"**CONTAMINATED** (manifest `{c['manifest']}`): " + ", ".join(f"{b}: {n} items" for b, n in c["overlap"].items()), ""]
-    lines += ["| benchmark | n | mode | shots | acc (mean ± std) | acc_norm (mean ± std) | runs |", "|---|---|---|---|---|---|---|"]
+    lines += ["| benchmark | n | mode | shots | acc (mean ± std) | acc_norm (mean ± std) | runs | top answer |",
+              "|---|---|---|---|---|---|---|---|"]
+    biased = []
     for b, r in summary["benchmarks"].items():
+        share = r.get("top_answer_share")
+        top = f"{r['top_answer']} {100 * share:.0f}%" if share is not None else "–"
         lines.append(f"| {r['title']} | {r['n']} | {r['mode']} | {r['shots']} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
-                     f"| {100 * r['acc_norm_mean']:.2f} ± {100 * r['acc_norm_std']:.2f} | {len(r['runs'])} |")
+                     f"| {100 * r['acc_norm_mean']:.2f} ± {100 * r['acc_norm_std']:.2f} | {len(r['runs'])} | {top} |")
+        if share is not None and share >= 0.9 and r["n"] >= 20:
+            biased.append(f"{r['title']} ('{r['top_answer']}' on {100 * share:.0f}% of items)")
+    if biased:
+        lines += ["", "**One answer for (nearly) every item**, so these scores say little about knowledge: "
+                  + "; ".join(biased) + ". `--permutations N` measures the option-order bias."]
     lines += ["", "Randomness per benchmark:"]
     lines += [f"- {r['title']}: {r['randomness']}" for r in summary["benchmarks"].values()]
     rob = {b: r["robustness"] for b, r in summary["benchmarks"].items() if "robustness" in r}

@@ -71,6 +71,10 @@ def test_three_seeds_report_and_plots(tiny_llama3_lm_dir, second_model, tmp_path
     assert {"acc_mean", "acc_std"} <= set(cmb) and len(cmb["runs"]) == 3
     md = (runs[0] / "mcq_report.md").read_text()
     assert "± 0.00" in md and "Option-order robustness" in md
+    preds = [json.loads(l)["pred"] for l in open(runs[0] / "mcq" / "medqa" / "seed0.items.jsonl")]
+    top = max(set(preds), key=preds.count)
+    assert (med["top_answer"], med["top_answer_share"]) == (top, preds.count(top) / 12)
+    assert f"| {top} {100 * preds.count(top) / 12:.0f}% |" in md  # the report's top-answer column
 
     # a per-turn judge summary beside run A, in the format eval.judge writes
     turns = load_turns("cmb_clin", data_root / "benchmarks" / "cmb_clin.jsonl", limit=5)
