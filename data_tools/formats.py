@@ -193,15 +193,20 @@ def sft_to_record(d: Dialogue, fmt: str = "openai") -> dict[str, Any]:
     raise ValueError(f"unknown SFT format {fmt!r} (one of {SFT_FORMATS})")
 
 
-def read_sft(path: str | Path, fmt: str = "auto") -> list[Dialogue]:
+def _read(path: str | Path, fmt: str, detect, convert) -> list:
+    """Every record of a JSONL file through `convert`, its dialect detected per record when fmt is auto."""
     out = []
     for n, rec in _records(path):
         try:
-            f = detect_sft(rec) if fmt == "auto" else fmt
+            f = detect(rec) if fmt == "auto" else fmt
         except ValueError as e:
             raise InputError(f"{path}:{n}: {e}") from None
-        out.append(sft_from_record(rec, f, where=f"{path}:{n}"))
+        out.append(convert(rec, f, where=f"{path}:{n}"))
     return out
+
+
+def read_sft(path: str | Path, fmt: str = "auto") -> list[Dialogue]:
+    return _read(path, fmt, detect_sft, sft_from_record)
 
 
 def write_sft(path: str | Path, dialogues: Iterable[Dialogue], fmt: str = "openai") -> int:
@@ -284,14 +289,7 @@ def pair_to_record(p: Pair, fmt: str = "trl", tokenizer: Any = None) -> dict[str
 
 
 def read_pairs(path: str | Path, fmt: str = "auto") -> list[Pair]:
-    out = []
-    for n, rec in _records(path):
-        try:
-            f = detect_pair(rec) if fmt == "auto" else fmt
-        except ValueError as e:
-            raise InputError(f"{path}:{n}: {e}") from None
-        out.append(pair_from_record(rec, f, where=f"{path}:{n}"))
-    return out
+    return _read(path, fmt, detect_pair, pair_from_record)
 
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair], fmt: str = "trl", tokenizer: Any = None) -> int:
