@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -132,10 +133,28 @@ class Trainer:
             dump(cfg, self.out / "config.yaml")
             print(f"[carebot] {self.stage.name} run '{cfg.name}' config:\n{json.dumps(to_dict(cfg), indent=1)}",
                   flush=True)
+        if distributed.is_logging_rank():
+            self._trim_metrics()
         if t.tensorboard and distributed.is_logging_rank():
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            # a crash after the last checkpoint left events past it: purge them, as the rows above
+            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration + 1)
         return self
+
+    def _trim_metrics(self) -> None:
+        """Keep only metrics.jsonl rows up to the step this run starts from: a run killed after its last
+        checkpoint logged steps it will now redo, and they must not appear twice."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(True)
+        keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= self.iteration]
+        if len(keep) != len(lines):
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, path)
+            self._log0(f"metrics.jsonl: dropped {len(lines) - len(keep)} row(s) past step {self.iteration}, "
+                       "logged before a crash; those steps run again")
 
     def _restore(self) -> None:
         """Resume from this run's (or `checkpoint.load`'s) latest checkpoint; else start from `init_from` weights."""

@@ -1,6 +1,7 @@
 """The one trainer, for real: megatron-core on gloo, real text, tiny LLaMA-3-shaped model."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -84,7 +85,11 @@ def test_exact_resume_is_bitwise(tmp_path, base, straight_run):
     torn = tmp_path / "checkpoints" / "iter_0000015.tmp"
     torn.mkdir()
     (torn / "common.pt").write_bytes(b"\0" * 100)
-    run_pretrain(tmp_path, over)
+    # ... after steps 11-15 were logged: what a kill -9 during that save leaves; those steps run again
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in metrics(straight_run)[10:15])
+    p = run_pretrain(tmp_path, over)
+    assert "metrics.jsonl: dropped 5 row(s) past step 10" in p.stdout
     straight, resumed = metrics(straight_run), metrics(tmp_path)
     assert [r["step"] for r in resumed] == list(range(1, 21))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bitwise (floats compared exactly)
