@@ -42,10 +42,17 @@ def doc_text(rec: dict[str, Any]) -> str:
 
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    """Records of a JSONL file; a missing file, bad UTF-8 or bad JSON is an InputError naming file:line."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such input file")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
             if limit is not None and n > limit:
                 return
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid UTF-8 (byte {e.start})") from None
             if not line.strip():
                 continue
             try:

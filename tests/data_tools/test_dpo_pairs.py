@@ -70,3 +70,17 @@ def test_prompts_follow_sft_distribution_seeded(data_root):
     assert len({x[2] for x in a}) == 50 and all(p[-1]["role"] == "user" for p, _, _ in a)
     multi_frac = sum(len(d.turns()) > 1 for d in ds) / len(ds)
     assert abs(sum(len(p) > 1 for p, _, _ in a) / 50 - multi_frac) < 0.2  # multi-turn prompts keep their history
+
+
+def test_bad_input_files_are_one_line_errors(tmp_path, data_root):
+    """A missing --mcq file and a line of bad UTF-8 (after a real item): one line naming file[:line], no traceback."""
+    import subprocess
+
+    bad = tmp_path / "bad.jsonl"
+    real = (data_root / "benchmarks" / "medmcqa_dev.jsonl").read_bytes().splitlines(True)[0]
+    bad.write_bytes(real + b'{"question": "\xff\xfe", "options": {}, "answer": "A"}\n')
+    for mcq, needle in (("/nonexistent.jsonl", "/nonexistent.jsonl: no such input file"),
+                        (str(bad), f"{bad}:2: not valid UTF-8")):
+        p = subprocess.run(["carebot", "data", "dpo-pairs", "--mcq", mcq, "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
