@@ -41,8 +41,9 @@ def doc_text(rec: dict[str, Any]) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def read_jsonl(path: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file; a missing file, bad UTF-8 or bad JSON is an InputError naming file:line."""
+def iter_jsonl(path: str | Path, limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSONL file; a missing file, bad UTF-8 or bad JSON is an InputError naming
+    file:line. Blank lines are skipped; `limit` counts lines."""
     if not Path(path).is_file():
         raise InputError(f"{path}: no such input file")
     with open(path, "rb") as f:
@@ -61,7 +62,13 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> Iterator[dict[str,
                 raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
             if not isinstance(rec, dict):
                 raise InputError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-            yield rec
+            yield n, rec
+
+
+def read_jsonl(path: str | Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL file (see `iter_jsonl`)."""
+    for _, rec in iter_jsonl(path, limit):
+        yield rec
 
 
 def write_jsonl(path: str | Path, recs: Iterable[dict[str, Any]]) -> int:

@@ -25,13 +25,12 @@ so their round trip is lossless for messages without leading/trailing whitespace
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from data_tools.docs import InputError, write_jsonl
+from data_tools.docs import InputError, iter_jsonl, write_jsonl
 
 SFT_FORMATS = ("openai", "nemo")
 PAIR_FORMATS = ("trl", "trl_text", "nemo", "openai")
@@ -110,23 +109,6 @@ def parse_chat(text: str) -> tuple[list[dict[str, str]], bool]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _records(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{p}:{n}: expected a JSON object")
-            yield n, rec
-
-
 def _check_messages(msgs: Any, where: str, allow_system: bool = True) -> list[dict[str, str]]:
     if not isinstance(msgs, list) or not msgs:
         raise InputError(f"{where}: expected a non-empty list of messages")
@@ -196,7 +178,7 @@ def sft_to_record(d: Dialogue, fmt: str = "openai") -> dict[str, Any]:
 def _read(path: str | Path, fmt: str, detect, convert) -> list:
     """Every record of a JSONL file through `convert`, its dialect detected per record when fmt is auto."""
     out = []
-    for n, rec in _records(path):
+    for n, rec in iter_jsonl(path):
         try:
             f = detect(rec) if fmt == "auto" else fmt
         except ValueError as e:
