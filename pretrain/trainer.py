@@ -133,12 +133,12 @@ class Trainer:
             dump(cfg, self.out / "config.yaml")
             print(f"[carebot] {self.stage.name} run '{cfg.name}' config:\n{json.dumps(to_dict(cfg), indent=1)}",
                   flush=True)
-        if distributed.is_logging_rank():
+        if distributed.is_logging_rank():  # the rank that writes metrics (last pipeline stage)
             self._trim_metrics()
-        if t.tensorboard and distributed.is_logging_rank():
-            from torch.utils.tensorboard import SummaryWriter
-            # a crash after the last checkpoint left events past it: purge them, as the rows above
-            self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration + 1)
+            if t.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                # a crash after the last checkpoint left events past it: purge them, as the rows above
+                self.writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration + 1)
         return self
 
     def _trim_metrics(self) -> None:
@@ -153,8 +153,8 @@ class Trainer:
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(keep))
             os.replace(tmp, path)
-            self._log0(f"metrics.jsonl: dropped {len(lines) - len(keep)} row(s) past step {self.iteration}, "
-                       "logged before a crash; those steps run again")
+            print(f"[carebot] metrics.jsonl: dropped {len(lines) - len(keep)} row(s) past step {self.iteration}, "
+                  "logged before a crash; those steps run again", flush=True)  # not _log0: may not be rank 0
 
     def _restore(self) -> None:
         """Resume from this run's (or `checkpoint.load`'s) latest checkpoint; else start from `init_from` weights."""
