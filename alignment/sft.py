@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_tools.formats import read_sft
+from data_tools.sft.formats import read_sft
 from pretrain.config import ConfigError, RunConfig, from_dict
 from pretrain.trainer import Stage, stage_main
 
@@ -32,7 +32,7 @@ class SFTArgs:
 
 # ------------------------------------------------------------------ reading
 def read_dialogues(path: str | Path, limit: int | None = None) -> list[list[dict]]:
-    """Any SFT dialect `data_tools.formats` reads (OpenAI `messages`, NeMo-Aligner `conversations`, ShareGPT)
+    """Any SFT dialect `data_tools.sft.formats` reads (OpenAI `messages`, NeMo-Aligner `conversations`, ShareGPT)
     -> chat message lists with the system prompt first. Bad records stop with file:line."""
     return [d.chat_messages() for d in read_sft(path)[:limit]]
 

@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_tools.docs import doc_text, lang_of, read_jsonl
-from data_tools.paths import data_dir
-from data_tools.rules import RulesConfig, run
+from carebot.io import read_jsonl
+from carebot.text import doc_text, lang_of
+from carebot.paths import data_dir
+from data_tools.curate.rules import RulesConfig, run
 
 
 def build_input(path: Path, repeat: int) -> int:

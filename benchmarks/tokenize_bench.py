@@ -3,7 +3,7 @@
 Same corpus (all of ../shared/data flattened to one text per record; once as is, once repeated to >= 100 MB, and
 ours also at >= 400 MB for memory flatness), same LLaMA-3 tokenizer, same cores. Whole-process wall (imports
 included), docs/s, tokens/s and peak RSS of the whole process tree, each tool run --runs times, alternating:
-  ours        python -m data_tools.tokenize ... --eod-token <|eot_id|>   (Megatron's HF EOD, so outputs compare)
+  ours        python -m data_tools.tokens.tokenize ... --eod-token <|eot_id|>   (Megatron's HF EOD, so outputs compare)
   megatron    tools/preprocess_data.py --append-eod --workers N
   fast        tools/preprocess_data_fast.py --append-eod --use-gigatoken
   ceilings    HF tokenizers encode_batch / gigatoken encode_batch over the texts already in memory
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         ceiling(a.ceiling, a.corpus, a.tok)
         return 0
 
-    from data_tools.paths import cache_dir, data_dir
-    from pretrain.tokenizer import build_llama3_tokenizer
+    from carebot.paths import cache_dir, data_dir
+    from carebot.tokenizer import build_llama3_tokenizer
 
     tok = str(build_llama3_tokenizer(cache_dir() / "llama3-tokenizer"))
     corpora = build_corpora(data_dir(), a.workdir, [a.min_mb] + ([a.big_mb] if a.big_mb else []))
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def tools(corpus: Path, tag: str) -> dict[str, tuple[list[str], dict, Path, str | None]]:
         c = str(corpus)
-        t = {"ours": ([sys.executable, "-m", "data_tools.tokenize", "--input", c, "--output-prefix",
+        t = {"ours": ([sys.executable, "-m", "data_tools.tokens.tokenize", "--input", c, "--output-prefix",
                        f"{out_dir}/ours_{tag}", "--tokenizer-model", tok, "--workers", str(a.workers),
                        "--eod-token", "<|eot_id|>"], env, REPO, f"{out_dir}/ours_{tag}_text_document")}
         if mlm:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     # Acceptance 5, full corpus: gigatoken engine == HF tokenizers engine, byte for byte, all of shared/data.
     shutil.rmtree(out_dir, ignore_errors=True)
     for engine in ("gigatoken", "hf"):
-        subprocess.run([sys.executable, "-m", "data_tools.tokenize", "--input", str(corpora["x1"]), "--output-prefix",
+        subprocess.run([sys.executable, "-m", "data_tools.tokens.tokenize", "--input", str(corpora["x1"]), "--output-prefix",
                         f"{out_dir}/{engine}", "--tokenizer-model", tok, "--engine", engine], env=env, cwd=REPO,
                        check=True, capture_output=True)
     checks["gigatoken == HF tokenizers engine (x1, all shared/data)"] = all(

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_data(tmp: Path) -> tuple[str, str]:
-    from data_tools.paths import cache_dir, data_dir
-    from data_tools.tokenize import TokenizeConfig, out_prefix, run
-    from pretrain.tokenizer import train_small_bpe
-    from tests.conftest import corpus_texts
+    from carebot.paths import cache_dir, data_dir
+    from data_tools.tokens.tokenize import TokenizeConfig, out_prefix, run
+    from carebot.tokenizer import train_small_bpe
+    from tests.helpers import corpus_texts
 
     tok = train_small_bpe(corpus_texts(data_dir()), cache_dir() / "bpe4k-v1", vocab_size=4096)
     src = tmp / "corpus.jsonl"

@@ -289,7 +289,7 @@ def load_benchmark(name: str, path: str | Path | None = None, *, split: str | No
     if path is None:
         if not spec.path:
             raise BenchmarkError(f"{name}: no local copy ships with the data; pass --path to the upstream files")
-        from data_tools.paths import data_dir
+        from carebot.paths import data_dir
         path = data_dir() / spec.path
     items = load_items(path, family=spec.template, split=split, subjects=subjects, answers=answers)
     # Filters apply only when the file carries the field (upstream CSVs are already per split/subject).

@@ -1,6 +1,6 @@
 """Contamination guard: refuse (or loudly warn) when the model's training data overlapped a benchmark.
 
-Reads the decontamination manifest that `data_tools.decontam` writes for a training corpus. Accepted shape
+Reads the decontamination manifest that `data_tools.curate.decontam` writes for a training corpus. Accepted shape
 (the agreed minimum; extra fields are ignored):
 
     {"benchmarks": {"medqa_usmle_4opt_test": {"n": 3, ...}, "cmb_clin": {"n": 0}, ...}}

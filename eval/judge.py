@@ -3,7 +3,7 @@
 consult: CMtMedQA / CMB-Clin dialogues. At each turn the model answers given the GOLD history (so one bad
 turn does not poison the next); the judge scores fluency, relevance, completeness, proficiency (1-5)
 against the reference answer. Replies are parsed strictly (a JSON object with exactly those four integer
-keys, 1..5, optional "reason"); a malformed reply is re-asked by `data_tools.llm`, and an item still
+keys, 1..5, optional "reason"); a malformed reply is re-asked by `carebot.llm`, and an item still
 malformed is counted as a failure, never scored. Per-turn and overall tables.
 pairwise: single-turn Huatuo26M-test: the judge compares answers A and B twice, with positions swapped; the
 two verdicts are summed (A=+1, tie=0, B=-1) into win / tie / loss for A.
@@ -20,10 +20,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_tools.llm import LLMClient, LLMConfig, Request
+from carebot.io import write_text
+from carebot.llm import LLMClient, LLMConfig, Request
 from eval.contamination import check_contamination
 from eval.engine import EngineConfig, build_engine
-from eval.mcq import add_engine_args, atomic_write, engine_from_args
+from eval.mcq import add_engine_args, engine_from_args
 
 DIMS = ("fluency", "relevance", "completeness", "proficiency")
 CONSULT = {"cmtmedqa": "dialogue/cmtmedqa_test.jsonl", "cmb_clin": "benchmarks/cmb_clin.jsonl"}
@@ -82,7 +83,7 @@ def _resolve(bench: str, paths: dict[str, str]) -> Path:
     table = {**CONSULT, **SINGLE}
     if bench not in table:
         raise SystemExit(f"unknown consultation benchmark {bench!r}; known: {', '.join(table)}")
-    from data_tools.paths import data_dir
+    from carebot.paths import data_dir
     return data_dir() / table[bench]
 
 
@@ -216,7 +217,7 @@ def _merge_summary(out: Path, name: str, key: str, value: dict, stats: dict) -> 
     else:
         doc["consult"][key] = value
     doc.setdefault("llm_stats", {})[key] = stats
-    atomic_write(f, json.dumps(doc, indent=2, ensure_ascii=False))
+    write_text(f, json.dumps(doc, indent=2, ensure_ascii=False))
     return doc
 
 
@@ -240,7 +241,7 @@ def run_consult(cfg: JudgeConfig) -> dict:
         results = client.map_json(reqs, validate=validate_scores, desc=f"judge {bench}")
         scores = {r.id.split("/", 1)[1]: (r.value if r.ok else None) for r in results}
         failures = [{"id": r.id, "error": r.error} for r in results if not r.ok]
-        atomic_write(out / "consult" / bench / "scores.jsonl",
+        write_text(out / "consult" / bench / "scores.jsonl",
                      "".join(json.dumps({"id": r.id, "ok": r.ok, "scores": r.value, "error": r.error}, ensure_ascii=False) + "\n"
                              for r in results))
         res = aggregate(turns, scores)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                       max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
                       contamination=a.contamination, decontam_manifest=a.decontam_manifest)
     Path(a.out).mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(a.out) / f"judge_{a.task}_config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+    write_text(Path(a.out) / f"judge_{a.task}_config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     if a.task == "consult":
         doc = run_consult(cfg)
         for b, r in doc["consult"].items():

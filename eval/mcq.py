@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carebot.io import write_text
 from eval import benchmarks as B
 from eval.contamination import check_contamination
 from eval.engine import EngineConfig, build_engine
@@ -48,13 +49,6 @@ class MCQConfig:
     permutations: int = 0  # option-order robustness: this many cyclic shifts (separate report)
     contamination: str = "error"  # error | warn | off
     decontam_manifest: str | None = None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def build_context(spec: B.BenchmarkSpec, item: B.MCQItem, shots: list[B.MCQItem]) -> str:
@@ -130,14 +124,14 @@ def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
             first = out / name / f"seed{cfg.seeds[0]}.json"
             doc = json.loads(first.read_text())
             doc["metrics"]["seed"], doc["reused_from_seed"] = seed, cfg.seeds[0]
-            atomic_write(f, json.dumps(doc))
+            write_text(f, json.dumps(doc))
             runs.append(doc["metrics"])
             continue
         ctxs = [build_context(spec, it, B.sample_fewshot(pool, it, cfg.shots, seed)) for it in items]
         rows = score_loglik(engine, spec, items, ctxs) if mode == "loglik" else score_generate(engine, spec, items, ctxs, cfg, seed)
         m = {"seed": seed, **_metrics(rows)}
-        atomic_write(out / name / f"seed{seed}.items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        atomic_write(f, json.dumps({"metrics": m, "mode": mode, "fingerprint": fp}))
+        write_text(out / name / f"seed{seed}.items.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_text(f, json.dumps({"metrics": m, "mode": mode, "fingerprint": fp}))
         runs.append(m)
     acc_m, acc_s = _mean_std([r["acc"] for r in runs])
     nrm_m, nrm_s = _mean_std([r["acc_norm"] for r in runs])
@@ -173,7 +167,7 @@ def option_order_robustness(engine, cfg: MCQConfig, spec: B.BenchmarkSpec, items
     consistent = sum(len(set(c)) == 1 for c in zip(*chosen)) / len(items)
     res = {"shifts": list(range(cfg.permutations + 1)), "acc": accs, "acc_min": min(accs), "acc_max": max(accs),
            "consistency": consistent}
-    atomic_write(f, json.dumps(res))
+    write_text(f, json.dumps(res))
     return res
 
 
@@ -182,7 +176,7 @@ def run_mcq(cfg: MCQConfig) -> dict:
     name = cfg.name or Path(cfg.engine.model).name
     contamination = check_contamination(cfg.engine.model, cfg.benchmarks, cfg.contamination, cfg.decontam_manifest)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "mcq_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
+    write_text(out / "mcq_config.json", json.dumps(dataclasses.asdict(cfg), indent=2))
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     engine = build_engine(cfg.engine)
     results = {}
@@ -194,9 +188,9 @@ def run_mcq(cfg: MCQConfig) -> dict:
     results.update({b: run_benchmark(engine, cfg, b, out / "mcq") for b in cfg.benchmarks})
     summary = {"model": name, "model_dir": str(cfg.engine.model), "kind": "mcq", "benchmarks": results,
                "contamination": contamination, "config": dataclasses.asdict(cfg)}
-    atomic_write(out / "mcq_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    write_text(out / "mcq_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     from eval.report import mcq_markdown
-    atomic_write(out / "mcq_report.md", mcq_markdown(summary))
+    write_text(out / "mcq_report.md", mcq_markdown(summary))
     return summary
 
 

@@ -14,6 +14,7 @@ import math
 import statistics
 from pathlib import Path
 
+from carebot.io import write_text
 from eval.benchmarks import BENCHMARKS, TABLE1
 
 COLUMNS = TABLE1 + ["medmcqa", "pubmedqa"]  # Table 1's five, then the two only in the paper's Figure 2
@@ -250,7 +251,6 @@ def plot_turns(runs: list[dict], path: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- the report
 def build_report(run_dirs: list[str], out: str | Path, baselines: str | Path | None = None, alpha: float = 0.05) -> dict:
-    from eval.mcq import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,8 +284,8 @@ def build_report(run_dirs: list[str], out: str | Path, baselines: str | Path | N
             md += [f"![per-turn scores]({turns.name})", ""]
     report = {"table1": rows, "significance": sig, "runs": [r["dir"] for r in runs],
               "plots": [str(p) for p in (bars, turns) if p], "baselines": str(baselines) if baselines else None}
-    atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
-    atomic_write(out / "report.md", "\n".join(md) + "\n")
+    write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    write_text(out / "report.md", "\n".join(md) + "\n")
     return report
 
 

@@ -1,7 +1,7 @@
 """`carebot bench`: training throughput of a model / parallel layout, measured with the real Trainer.
 
   carebot bench --config tiny_stable_cpt.yaml --steps 5 --out runs/bench/tiny           # CPU, the tiny twin
-  torchrun --nproc-per-node 8 -m launch.cli bench --config stable_cpt.yaml \\
+  torchrun --nproc-per-node 8 -m carebot.cli bench --config stable_cpt.yaml \\
       model.num_layers=4 parallel.pipeline=1 --out runs/bench/8b-4layers                 # GPU, 8B-shaped layers
 
 The recipe's model and layout are built by `pretrain.trainer.Trainer(...).setup()` and fed synthetic tokens
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from pretrain.config import ConfigError, load_config
-from pretrain.trainer import PEAK_TFLOPS, Stage
+from carebot.hardware import device_peak
+from pretrain.trainer import Stage
 
 # What FlopCounterMode calls a matmul: every dense product of the model (linear layers, attention, logits).
 MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "_scaled_dot_product_flash_attention",
@@ -32,8 +33,6 @@ MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "_scaled_dot_product_fl
               "_flash_attention_forward", "_efficient_attention_forward", "_flash_attention_backward",
               "_efficient_attention_backward", "_scaled_dot_product_flash_attention_backward",
               "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward")
-# Dense bf16 peaks (TFLOP/s per device) beyond the trainer's table.
-EXTRA_PEAKS = {"GH200": 989.0, "H20": 148.0, "L40S": 362.0, "L40": 181.0, "A40": 149.7, "A10": 125.0}
 
 
 class SyntheticTokens:
@@ -59,15 +58,6 @@ def _synthetic(cfg, tokenizer, num_samples):
 BENCH = Stage(name="bench", build_datasets=_synthetic)
 
 
-def device_peak(name: str | None) -> tuple[str | None, float | None]:
-    if not name:
-        return None, None
-    for k, v in sorted({**PEAK_TFLOPS, **EXTRA_PEAKS}.items(), key=lambda kv: -len(kv[0])):  # GH200 before H200
-        if k in name:
-            return k, v
-    return None, None
-
-
 def count_step_flops(trainer) -> dict[str, float]:
     """Matmul FLOPs of one real training step (forward + backward of every micro-batch), by aten op."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -84,8 +74,8 @@ def run_bench(recipe: list[str], overrides: list[str], steps: int, warmup: int, 
               peak_tflops: float | None) -> dict:
     import torch.distributed as dist
 
-    from pretrain.tokenizer import build_llama3_tokenizer
-    from data_tools.paths import cache_dir
+    from carebot.tokenizer import build_llama3_tokenizer
+    from carebot.paths import cache_dir
     from pretrain.trainer import Trainer
 
     scratch = tempfile.mkdtemp(prefix="carebot-bench-")

@@ -16,7 +16,7 @@ from pretrain.config import ConfigError, ParallelConfig
 
 def default_texts(n: int) -> list[str]:
     """Real zh + en paragraphs not used by the CPT test fixtures (cmrc2018 zh; the tail of wikitext en)."""
-    from data_tools.paths import data_dir
+    from carebot.paths import data_dir
 
     root = data_dir() / "general"
     zh = [json.loads(x)["text"] for x in (root / "cmrc2018_wiki_paragraphs_zh.jsonl").read_text().splitlines()[-50:]]
@@ -125,7 +125,7 @@ def verify(args) -> dict:
     from pretrain.convert import (build_megatron, checkpoint_vocab_rows, model_config_from_hf, read_hf_config,
                                   resolve_checkpoint)
     from pretrain.model import check_model_config
-    from pretrain.tokenizer import load_tokenizer
+    from carebot.tokenizer import load_tokenizer
 
     hf = read_hf_config(args.hf)
     m = model_config_from_hf(hf, str(args.hf / "config.json"))

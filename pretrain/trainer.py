@@ -24,15 +24,14 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from carebot.hardware import cuda_peak
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
 from pretrain.config import ConfigError, RunConfig, dump, to_dict
 from pretrain.data import collate, parse_data_path, step_microbatches
 from pretrain.model import build_model, check_model_config, flops_per_token
-from pretrain.tokenizer import MegatronTokenizerAdapter, load_tokenizer
+from carebot.tokenizer import MegatronTokenizerAdapter, load_tokenizer
 
-# Dense bf16 peak TFLOP/s per device, for MFU.
-PEAK_TFLOPS = {"A100": 312.0, "A800": 312.0, "H100": 989.0, "H800": 989.0, "H200": 989.0, "B200": 2250.0}
 
 
 def lm_loss(batch: dict, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -274,7 +273,7 @@ class Trainer:
         self._install_signals()
         start_iter = self.iteration
         tokens_per_step = t.global_batch_size * cfg.data.seq_length * self.stage.rows_per_sample
-        peak = t.peak_tflops or _device_peak()
+        peak = t.peak_tflops or cuda_peak()
         self._log0(f"training steps {self.iteration + 1}..{t.train_steps}: {self.num_micro} micro-batches x "
                    f"{t.micro_batch_size} x DP {self.dp}; TP {cfg.parallel.tensor}, PP {cfg.parallel.pipeline}; "
                    f"{'bf16' if self.bf16 else 'fp32'}; init param checksum {self.init_checksum!r}")
@@ -367,13 +366,6 @@ class Trainer:
         if self.writer:
             self.writer.close()
         distributed.teardown()
-
-
-def _device_peak() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 def run(cfg: RunConfig, stage: Stage) -> list[dict]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_stage
+from tests.helpers import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 CMTMEDQA = "dialogue/cmtmedqa_test.jsonl"
@@ -20,7 +20,7 @@ def cmtmedqa(data_root) -> Path:
 def dpo_pairs_file(tmp_path_factory, cmtmedqa) -> Path:
     """Pairs from real dialogues: prompt = the first patient turn, chosen = the doctor's reply to it,
     rejected = the doctor's first reply from the next dialogue (fluent, medical, but off-topic)."""
-    from data_tools.formats import Pair, read_sft, write_pairs
+    from data_tools.sft.formats import Pair, read_sft, write_pairs
 
     ds = [d for d in read_sft(cmtmedqa) if len(d.messages) >= 2 and d.messages[1]["role"] == "assistant"][:80]
     pairs = [Pair(prompt=[ds[i].messages[0]], chosen=ds[i].messages[1]["content"],

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignment.dpo import DPOArgs, dpo_loss
-from tests.conftest import metrics, run_stage
+from tests.helpers import metrics, run_stage
 
 
 def _batch(seed: int = 0, pairs: int = 3, seq: int = 7):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignment.sft import SFTDataset, read_dialogues, render_dialogue, shift, tokenize_dialogues
-from tests.conftest import metrics, run_stage
+from tests.helpers import metrics, run_stage
 
 
 def test_loss_mask_covers_only_assistant_replies(llama3_tokenizer, cmtmedqa):
@@ -43,7 +43,7 @@ def test_loss_mask_covers_only_assistant_replies(llama3_tokenizer, cmtmedqa):
 
 
 def test_packing_keeps_dialogues_apart(small_tokenizer_dir, cmtmedqa):
-    from pretrain.tokenizer import load_tokenizer
+    from carebot.tokenizer import load_tokenizer
 
     tok = load_tokenizer(small_tokenizer_dir)
     dialogues = [d[:2] for d in read_dialogues(cmtmedqa, 30)]  # first exchange only: short documents

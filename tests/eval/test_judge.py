@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from data_tools.fake_openai import FakeOpenAI
-from data_tools.llm import LLMConfig
+from launch.demo.endpoint import FakeOpenAI
+from carebot.llm import LLMConfig
 from eval.engine import EngineConfig
 from eval.judge import JudgeConfig, load_turns, run_consult, run_pairwise, validate_scores
 

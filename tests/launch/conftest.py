@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from launch.local_cluster import ClusterUnavailable, LocalCluster
+from tests.fixtures.local_cluster import ClusterUnavailable, LocalCluster
 
 
 @pytest.fixture(scope="session")

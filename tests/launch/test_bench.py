@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from launch.bench import device_peak
+from carebot.hardware import device_peak
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_cpu_tokens_per_s_and_flops_match_counted_matmuls(tmp_path, small_tokenizer_dir):
     s, gbs, L, h = 128, 8, 2, 64
-    p = subprocess.run([sys.executable, "-m", "launch.cli", "bench", "--config", "tiny_stable_cpt.yaml",
+    p = subprocess.run([sys.executable, "-m", "carebot.cli", "bench", "--config", "tiny_stable_cpt.yaml",
                         f"data.tokenizer={small_tokenizer_dir}", f"data.seq_length={s}", "--steps", "2",
                         "--warmup", "1", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_tools.paths import cache_dir
+from carebot.paths import cache_dir
 
 SOURCES = {  # bucket -> (file, text field(s))
     "medical_en": ("dialogue/medquad_en_sample.jsonl", ("question", "answer")),
@@ -31,7 +31,7 @@ def write_prefix(tokenizer, texts: list[str], prefix: Path) -> Path:
 @pytest.fixture(scope="session")
 def cpt_prefixes(data_root, small_tokenizer_dir) -> dict[str, str]:
     """Three real buckets, 600 docs each, tokenized with the small BPE (cached across sessions)."""
-    from pretrain.tokenizer import load_tokenizer
+    from carebot.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(small_tokenizer_dir)
     out = cache_dir() / f"cpt-prefixes-{small_tokenizer_dir.name}"

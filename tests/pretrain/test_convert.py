@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 # several `carebot convert` commands in ONE process: the import + process-group start is paid once
 # (a pseudo-command `truncate DIR` cuts the largest .distcp shard of DIR/iter_0000000 in half)
 DRIVER = """import json, os, pathlib, shutil, sys
-from pretrain.convert import main
+from pretrain.convert_cli import main
 def truncate(src, dst):
     shutil.copytree(src, dst)
     f = max(pathlib.Path(dst, "iter_0000000").glob("*.distcp"), key=lambda f: f.stat().st_size)
@@ -63,7 +63,7 @@ def tiny_hf(tmp_path_factory, small_tokenizer_dir) -> Path:
     Norm weights perturbed away from 1 so a swapped norm cannot go unnoticed."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pretrain.tokenizer import load_tokenizer
+    from carebot.tokenizer import load_tokenizer
 
     tok = load_tokenizer(small_tokenizer_dir)
     out = tmp_path_factory.mktemp("tiny-hf")
@@ -100,7 +100,7 @@ def test_mapping_table_qkv_interleave_and_inverse():
     """Megatron's fused QKV is per query group [q heads of the group, k, v]; fc1 is [gate; up]; padding rows
     are added then removed. Every row's two directions are inverses."""
     from pretrain.config import ModelConfig
-    from pretrain.convert import dims, expand_rows
+    from pretrain.llama_mapping import dims, expand_rows
 
     m = ModelConfig(num_layers=1, hidden_size=8, ffn_hidden_size=6, num_attention_heads=4, num_query_groups=2)
     d = dims(m, vocab=10, padded=16)
@@ -137,7 +137,7 @@ def test_mapping_table_qkv_interleave_and_inverse():
 def test_hf_to_megatron_logits_parity_tp1_tp2_pp2(tiny_hf, converted, tmp_path):
     """Acceptance 1: one 2-process run loads the converted checkpoint at TP1xPP1 (x DP2), TP2 and PP2."""
     summary = tmp_path / "verify.json"
-    torchrun(2, "pretrain.convert", ["verify", "--hf", tiny_hf, "--megatron", converted["mcore"],
+    torchrun(2, "pretrain.convert_cli", ["verify", "--hf", tiny_hf, "--megatron", converted["mcore"],
                                      "--layouts", "1x1,2x1,1x2", "--summary", summary])
     s = json.loads(summary.read_text())
     assert s["ok"] and s["texts"] == 4 and min(s["tokens"]) >= 32
@@ -238,7 +238,7 @@ def test_truncated_checkpoint_is_one_clear_line(converted):
 
 
 def test_non_llama_config_is_one_clear_line(tmp_path, tiny_hf, capsys):
-    from pretrain.convert import main
+    from pretrain.convert_cli import main
 
     bad = tmp_path / "gpt2"
     shutil.copytree(tiny_hf, bad)
@@ -253,7 +253,7 @@ def test_non_llama_config_is_one_clear_line(tmp_path, tiny_hf, capsys):
 
 @pytest.mark.parametrize("cmd", ["hf-to-megatron", "verify"])
 def test_tp_not_dividing_kv_heads_is_one_clear_line(tmp_path, tiny_hf, cmd, capsys):
-    from pretrain.convert import main
+    from pretrain.convert_cli import main
 
     args = (["hf-to-megatron", "--hf", str(tiny_hf), "--out", str(tmp_path / "out"), "--tensor", "4"]
             if cmd == "hf-to-megatron" else

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import metrics, run_stage
+from tests.helpers import metrics, run_stage
 
 
 def run_pretrain(out: Path, overrides: list[str], nproc: int = 1, recipe: str = "tiny_stable_cpt.yaml",
@@ -105,7 +105,7 @@ def test_signal_to_the_whole_process_group_after_a_save(tmp_path, base):
     import sys
     import time
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     cmd = [sys.executable, "-m", "pretrain.train", "--config", "tiny_stable_cpt.yaml", f"output_dir={tmp_path}",
            *base, "train.train_steps=100000", "checkpoint.save_interval=2"]
@@ -169,8 +169,8 @@ def test_bad_input_is_one_clear_line(tmp_path, base, override, needle, capsys):
 def test_empty_split_is_a_clear_error_not_a_hang(tmp_path, base, cpt_prefixes, small_tokenizer_dir, data_root):
     """A 20-document bucket at split 99,1,0 has an empty valid split, on which megatron's GPTDataset loops
     forever; we stop first with one line (exit 2), and the suggested split trains."""
-    from pretrain.tokenizer import load_tokenizer
-    from tests.conftest import read_jsonl
+    from carebot.tokenizer import load_tokenizer
+    from tests.helpers import read_jsonl
     from tests.pretrain.conftest import write_prefix
 
     texts = [r["text"] for r in read_jsonl(data_root / "general/cmrc2018_wiki_paragraphs_zh.jsonl", 20)]

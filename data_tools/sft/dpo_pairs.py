@@ -1,0 +1,251 @@
+"""`carebot data dpo-pairs`: DPO preference pairs (CareBot paper, RLHF section).
+
+Objective pairs (against the "alignment tax"): an MCQ item's gold option is chosen, a random wrong option
+(seeded per item id, so the pair does not depend on file order) is rejected. Options whose text equals the
+gold text are never drawn; an item with no distinct wrong option is skipped.
+
+Subjective pairs: prompts drawn (seeded) from the SFT dialogues, so pairs follow the SFT distribution. The
+judge model writes an answer "as a professional and helpful doctor" (or the SFT model's own answers are
+read from a file); the judge then compares it with the original reply on fluency, relevance, completeness
+and medical proficiency, once in each order (A/B swapped) to cancel position bias. A pair is kept only when
+both orders name the same answer as better; ties and disagreements are dropped. Every LLM call goes through
+carebot.llm (cached: a rerun costs nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+from carebot.errors import InputError
+from carebot.io import read_jsonl, write_json
+from carebot.text import lang_of
+from data_tools.sft.formats import PAIR_FORMATS, Dialogue, Pair, read_sft, write_pairs
+from carebot.llm import LLMClient, LLMConfig, Request
+
+DOCTOR_SYSTEM = {"en": "You are a professional and helpful doctor. Answer the patient's last message accurately, clearly and kindly.",
+                 "zh": "你是一名专业且乐于助人的医生。请准确、清晰、耐心地回答患者的最后一条消息。"}
+GEN_INSTRUCTION = 'Reply with a JSON object {"answer": "<your reply as the doctor>"} and nothing else.'
+JUDGE_PROMPT = """You are an expert medical reviewer. Compare two replies (A and B) to the patient's last message in the conversation below.
+Rate each reply from 1 to 10 on: fluency, relevance, completeness, medical proficiency. Then name the better reply overall, or "tie".
+
+<conversation>
+{conversation}
+</conversation>
+
+<reply_A>
+{a}
+</reply_A>
+
+<reply_B>
+{b}
+</reply_B>
+
+Reply with ONLY a JSON object:
+{{"A": {{"fluency": n, "relevance": n, "completeness": n, "proficiency": n}}, "B": {{...same keys...}}, "winner": "A" | "B" | "tie"}}"""
+
+
+class Aspects(pydantic.BaseModel):
+    fluency: int = pydantic.Field(ge=1, le=10)
+    relevance: int = pydantic.Field(ge=1, le=10)
+    completeness: int = pydantic.Field(ge=1, le=10)
+    proficiency: int = pydantic.Field(ge=1, le=10)
+
+
+class Verdict(pydantic.BaseModel):
+    A: Aspects
+    B: Aspects
+    winner: Literal["A", "B", "tie"]
+
+
+class Generated(pydantic.BaseModel):
+    answer: str = pydantic.Field(min_length=1)
+
+
+# ----------------------------------------------------------------------------- objective
+def _item_rng(seed: int, key: str) -> random.Random:
+    return random.Random(int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:16], 16))
+
+
+def mcq_prompt(item: dict[str, Any]) -> str:
+    opts = "\n".join(f"{k}. {v}" for k, v in item["options"].items())
+    return f"{item['question']}\n{opts}"
+
+
+def objective_pairs(items: list[dict[str, Any]], seed: int = 0, where: str = "mcq") -> tuple[list[Pair], int]:
+    """(pairs, skipped). chosen = "<gold letter>. <gold text>", rejected = a random wrong option alike."""
+    pairs, skipped = [], 0
+    for n, it in enumerate(items, 1):
+        opts, gold = it.get("options"), it.get("answer")
+        if not isinstance(opts, dict) or gold not in (opts or {}):
+            raise InputError(f"{where}:{n}: an MCQ item needs options {{A: ..}} and answer in them")
+        wrong = [k for k, v in opts.items() if k != gold and str(v).strip() != str(opts[gold]).strip()]
+        if not wrong:
+            skipped += 1
+            continue
+        key = str(it.get("id", n))
+        bad = _item_rng(seed, key).choice(sorted(wrong))
+        pairs.append(Pair(prompt=[{"role": "user", "content": mcq_prompt(it)}], chosen=f"{gold}. {opts[gold]}",
+                          rejected=f"{bad}. {opts[bad]}", id=f"obj-{key}",
+                          meta={"kind": "objective", "source": it.get("source"), "gold": gold, "rejected_option": bad}))
+    return pairs, skipped
+
+
+# ----------------------------------------------------------------------------- subjective
+def sample_prompts(dialogues: list[Dialogue], n: int | None, seed: int = 0) -> list[tuple[list[dict[str, str]], str, str]]:
+    """(prompt messages, original reply, id) for n dialogues drawn without replacement (seeded): the prompt is
+    the dialogue up to its last user message, the original reply is the assistant message after it."""
+    cands = []
+    for i, d in enumerate(dialogues):
+        msgs = d.chat_messages()
+        k = max((j for j, m in enumerate(msgs) if m["role"] == "assistant" and j > 0 and msgs[j - 1]["role"] == "user"), default=None)
+        if k is not None:
+            cands.append((msgs[:k], msgs[k]["content"], d.id or f"d{i}"))
+    if n is not None and n < len(cands):
+        cands = random.Random(seed).sample(cands, n)
+    return cands
+
+
+def _conversation(prompt: list[dict[str, str]]) -> str:
+    return "\n".join(f"[{m['role']}] {m['content']}" for m in prompt)
+
+
+def gen_request(pid: str, prompt: list[dict[str, str]]) -> Request:
+    lang = lang_of(" ".join(m["content"] for m in prompt))
+    msgs = [{"role": "system", "content": DOCTOR_SYSTEM[lang] + " " + GEN_INSTRUCTION}] + [m for m in prompt if m["role"] != "system"]
+    return Request(id=pid, messages=msgs)
+
+
+def judge_request(pid: str, prompt: list[dict[str, str]], a: str, b: str, order: str) -> Request:
+    return Request(id=f"{pid}:{order}", messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=_conversation(prompt), a=a, b=b)}])
+
+
+def subjective_pairs(client: LLMClient, prompts: list[tuple[list[dict[str, str]], str, str]],
+                     candidates: dict[str, str] | None = None, progress: bool = True) -> tuple[list[Pair], dict[str, int]]:
+    """Generate (unless `candidates` gives the SFT model's answers by id), judge both orders, keep agreements."""
+    counts = {"prompts": len(prompts), "gen_failed": 0, "judge_failed": 0, "tie": 0, "disagree": 0, "kept": 0,
+              "chosen_generated": 0, "chosen_original": 0}
+    if candidates is None:
+        gens = client.map_json([gen_request(pid, p) for p, _, pid in prompts], Generated, progress=progress, desc="dpo generate")
+        candidates = {r.id: r.value["answer"] for r in gens if r.ok}
+    reqs = []
+    for p, orig, pid in prompts:
+        if pid not in candidates:
+            counts["gen_failed"] += 1
+            continue
+        new = candidates[pid]
+        reqs += [judge_request(pid, p, orig, new, "orig_first"), judge_request(pid, p, new, orig, "new_first")]
+    verdicts = {r.id: r for r in client.map_json(reqs, Verdict, progress=progress, desc="dpo judge")}
+    pairs = []
+    for p, orig, pid in prompts:
+        if pid not in candidates:
+            continue
+        v1, v2 = verdicts.get(f"{pid}:orig_first"), verdicts.get(f"{pid}:new_first")
+        if not (v1 and v1.ok and v2 and v2.ok):
+            counts["judge_failed"] += 1
+            continue
+        w1 = {"A": "original", "B": "generated", "tie": "tie"}[v1.value["winner"]]
+        w2 = {"A": "generated", "B": "original", "tie": "tie"}[v2.value["winner"]]
+        if "tie" in (w1, w2):
+            counts["tie"] += 1
+            continue
+        if w1 != w2:
+            counts["disagree"] += 1
+            continue
+        new = candidates[pid]
+        chosen, rejected = (orig, new) if w1 == "original" else (new, orig)
+        if chosen.strip() == rejected.strip():
+            counts["tie"] += 1
+            continue
+        counts["kept"] += 1
+        counts[f"chosen_{w1}"] += 1
+        pairs.append(Pair(prompt=p, chosen=chosen, rejected=rejected, id=f"subj-{pid}",
+                          meta={"kind": "subjective", "chosen_is": w1, "verdicts": [v1.value, v2.value]}))
+    return pairs, counts
+
+
+# ----------------------------------------------------------------------------- a fake doctor + judge (tests, demo)
+_MED = re.compile(r"医|病|症|药|治疗|诊断|检查|建议|\b(?:patient|treatment|diagnos\w*|symptom\w*|doctor|therapy|dose)\b", re.I)
+
+
+def fake_doctor_judge(messages: list[dict], body: dict) -> str:
+    """Deterministic stand-in for GPT-4 behind launch.demo.endpoint.FakeOpenAI(answer=...): writes a templated
+    doctor reply, and judges by medical-term count then length (equal within 10% -> "tie"; a slight
+    position bias toward A on near-ties, which the two-order check must cancel)."""
+    last = messages[-1]["content"]
+    if "<reply_A>" not in last:
+        q = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        zh = lang_of(q) == "zh"
+        ans = (f"您好，根据您的描述（{q[:30]}），建议尽快到医院检查，明确诊断后在医生指导下治疗，注意休息和饮食。" if zh else
+               f"Thank you for your question about {q[:40]!r}. As your doctor I suggest a check-up to confirm the diagnosis; treatment depends on the cause.")
+        return json.dumps({"answer": ans}, ensure_ascii=False)
+    a = re.search(r"<reply_A>\n(.*?)\n</reply_A>", last, re.S).group(1)
+    b = re.search(r"<reply_B>\n(.*?)\n</reply_B>", last, re.S).group(1)
+
+    def score(t: str) -> float:
+        return len(_MED.findall(t)) * 50 + len(t)
+
+    sa, sb = score(a), score(b)
+    hi = max(sa, sb, 1)
+    winner = "tie" if abs(sa - sb) / hi < 0.10 else ("A" if sa * 1.05 >= sb else "B")
+
+    def aspects(s: float) -> dict[str, int]:
+        v = max(1, min(10, int(s / hi * 9) + 1))
+        return {"fluency": v, "relevance": v, "completeness": v, "proficiency": v}
+
+    return json.dumps({"A": aspects(sa), "B": aspects(sb), "winner": winner})
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="carebot data dpo-pairs", description=__doc__.split("\n")[0])
+    ap.add_argument("--mcq", nargs="*", default=[], help="MCQ jsonl {question, options, answer} -> objective pairs")
+    ap.add_argument("--sft", nargs="*", default=[], help="SFT dialogues jsonl -> subjective pairs (prompts drawn from them)")
+    ap.add_argument("--n-subjective", type=int, default=None, help="prompts to draw (default: all)")
+    ap.add_argument("--candidates", default=None, help="jsonl {id, answer}: the SFT model's answers instead of generating")
+    ap.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    ap.add_argument("--model", default="gpt-4o", help="judge / generator model")
+    ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--format", choices=PAIR_FORMATS, default="trl")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if not a.mcq and not a.sft:
+        raise InputError("give --mcq and/or --sft inputs")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"seed": a.seed, "format": a.format}
+    obj: list[Pair] = []
+    for f in a.mcq:
+        ps, skipped = objective_pairs(list(read_jsonl(f)), a.seed, where=f)
+        obj += ps
+        summary.setdefault("objective_skipped", 0)
+        summary["objective_skipped"] += skipped
+    subj: list[Pair] = []
+    if a.sft:
+        dialogues = [d for f in a.sft for d in read_sft(f)]
+        prompts = sample_prompts(dialogues, a.n_subjective, a.seed)
+        cands = None
+        if a.candidates:
+            cands = {str(r["id"]): r["answer"] for r in read_jsonl(a.candidates)}
+        client = LLMClient(LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, concurrency=a.concurrency,
+                                     cache_path=str(out / "llm_cache.sqlite")))
+        subj, counts = subjective_pairs(client, prompts, cands, progress=not a.no_progress)
+        summary["subjective"] = counts
+        summary["llm"] = client.stats.as_dict()
+    summary["pairs"] = {"objective": len(obj), "subjective": len(subj)}
+    write_pairs(out / "pairs.jsonl", obj + subj, a.format)
+    write_json(out / "summary.json", summary)
+    (out / "report.md").write_text(
+        f"# DPO pairs\n\n{len(obj)} objective + {len(subj)} subjective pairs (paper: 3,708 + 9,019), format `{a.format}`.\n\n"
+        f"```json\n{json.dumps(summary, indent=2)}\n```\n", encoding="utf-8")
+    print(f"{len(obj)} objective + {len(subj)} subjective pairs -> {out / 'pairs.jsonl'}")
+    return 0

@@ -1,0 +1,79 @@
+"""`carebot convert`: HuggingFace LLaMA <-> megatron-core checkpoints, any TP/PP, verified by logits.
+
+  hf-to-megatron  HF dir (safetensors + config.json + tokenizer) -> dist checkpoint `OUT/iter_0000000` + `latest`,
+                  the layout `pretrain.checkpoint` writes, so `checkpoint.init_from=OUT` starts a run from it.
+  megatron-to-hf  any TP/PP checkpoint (converted or trained) -> LlamaForCausalLM dir: sharded safetensors +
+                  index, config.json, generation_config.json, tokenizer files with the chat template.
+  verify          loads both sides at one or more TP x PP layouts and compares logits, loss and greedy
+                  generation on real zh + en text."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pretrain import checkpoint as ckpt
+from pretrain.config import ConfigError
+from pretrain.convert import hf_to_megatron, megatron_to_hf
+from pretrain.convert_verify import verify
+
+def _pop_rest(args):
+    return getattr(args, "overrides", None) or []
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="carebot convert", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("hf-to-megatron", help="HF LLaMA dir -> megatron-core dist checkpoint")
+    a.add_argument("--hf", required=True, type=Path, help="HF model dir (safetensors, config.json, tokenizer)")
+    a.add_argument("--out", required=True, type=Path, help="checkpoint root to write (iter_0000000 + latest)")
+    a.add_argument("--tensor", type=int, default=1, help="target TP (sets the vocabulary padding; checked)")
+    a.add_argument("--pipeline", type=int, default=1, help="target PP (checked against the layer count)")
+    a.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: the HF tensors' dtype")
+    a.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir (default: the HF dir)")
+    b = sub.add_parser("megatron-to-hf", help="megatron-core checkpoint (any TP/PP) -> HF LlamaForCausalLM dir")
+    b.add_argument("--megatron", required=True, help="checkpoint root (with `latest`) or an iter_* dir")
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    b.add_argument("--config", default=None, help="recipe giving the model shape (default: checkpoint metadata, "
+                                                  "else the run's config.yaml)")
+    b.add_argument("--tokenizer", default=None, help="tokenizer dir (default: from metadata / run config)")
+    b.add_argument("--max-shard-size", default="5GB")
+    b.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.num_layers=2")
+    v = sub.add_parser("verify", help="compare logits / loss / greedy generation of both sides")
+    v.add_argument("--hf", required=True, type=Path)
+    v.add_argument("--megatron", required=True)
+    v.add_argument("--layouts", default="1x1", help="TPxPP list, e.g. 1x1,2x1,1x2 (world size must be a multiple)")
+    v.add_argument("--texts", type=Path, default=None, help="JSONL with a `text` field (default: real zh+en text)")
+    v.add_argument("--num-texts", type=int, default=4)
+    v.add_argument("--max-tokens", type=int, default=64)
+    v.add_argument("--generate", type=int, default=20, help="greedy tokens to compare (0: skip)")
+    v.add_argument("--atol", type=float, default=1e-4)
+    v.add_argument("--summary", type=Path, default=None, help="write the JSON summary here")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "hf-to-megatron":
+            res = hf_to_megatron(args.hf, args.out, args.tensor, args.pipeline, args.dtype, args.tokenizer)
+        elif args.cmd == "megatron-to-hf":
+            res = megatron_to_hf(args.megatron, args.out, args.dtype, args.config, _pop_rest(args), args.tokenizer,
+                                 args.max_shard_size)
+        else:
+            res = verify(args)
+            if res is not None and not res["ok"]:
+                print(json.dumps(res, indent=1), flush=True)
+                return 1
+        if res is not None:
+            print(json.dumps(res, indent=1, ensure_ascii=False), flush=True)
+        return 0
+    except (ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # one line, always
+        print(f"carebot convert: error: {msg}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if "pretrain.distributed" in sys.modules:  # only a command that started process groups
+            sys.modules["pretrain.distributed"].teardown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

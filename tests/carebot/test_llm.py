@@ -1,0 +1,89 @@
+"""LLM client against the local fake OpenAI server: faults, re-asks, cache, key hygiene."""
+from __future__ import annotations
+
+import json
+
+import pydantic
+import pytest
+
+from launch.demo.endpoint import Faults, FakeOpenAI
+from carebot.llm import LLMClient, LLMConfig, LLMError, Request, extract_json
+
+
+class Label(pydantic.BaseModel):
+    domain: str
+    quality: int = pydantic.Field(ge=0, le=5)
+
+
+def _cfg(srv: FakeOpenAI, tmp_path, **kw) -> LLMConfig:
+    base = dict(base_url=srv.base_url, model="fake", timeout_s=0.5, backoff_base_s=0.001, backoff_max_s=0.01,
+                max_retries=30, concurrency=8, cache_path=str(tmp_path / "cache.sqlite"))
+    base.update(kw)
+    return LLMConfig(**base)
+
+
+def _msgs(text: str) -> list[dict]:
+    return [{"role": "user", "content": f"Label this.\n<document>\n{text}\n</document>"}]
+
+
+def test_extract_json_variants():
+    assert extract_json('{"a": 1}') == {"a": 1}
+    assert extract_json('Here:\n```json\n{"a": 2}\n```') == {"a": 2}
+    assert extract_json('ok so {"a": 3} done') == {"a": 3}
+    with pytest.raises(ValueError):
+        extract_json("no json here")
+
+
+def test_faults_batch_no_loss_no_dup_and_cache(tmp_path, data_root):
+    texts = [json.loads(l)["text"] for l in open(data_root / "general" / "thucnews_titles_zh.jsonl", encoding="utf-8")][:120]
+    faults = Faults(p429=0.15, p500=0.1, ptimeout=0.03, pmalformed=0.05, pbadjson=0.05, hang_s=1.0, seed=3)
+    with FakeOpenAI(faults=faults) as srv:
+        cli = LLMClient(_cfg(srv, tmp_path))
+        reqs = [Request(f"t{i}", _msgs(t)) for i, t in enumerate(texts)]
+        res = cli.map_json(reqs, Label, progress=False)
+        assert [r.id for r in res] == [r.id for r in reqs]
+        assert all(r.ok for r in res), [r.error for r in res if not r.ok][:3]
+        s = cli.stats
+        assert s.retries_429 > 0 and s.retries_5xx > 0 and s.retries_timeout > 0 and s.reasks > 0
+        assert s.answers == len(set(texts)) or s.answers == len(texts)
+        assert s.prompt_tokens > 0
+        hits = srv.hits
+        # rerun: everything comes from the cache, zero new requests
+        cli2 = LLMClient(_cfg(srv, tmp_path))
+        res2 = cli2.map_json(reqs, Label, progress=False)
+        assert srv.hits == hits and cli2.stats.cache_hits == len(reqs)
+        assert [r.value for r in res2] == [r.value for r in res]
+
+
+def test_validation_reask_then_give_up(tmp_path):
+    answers = iter(['{"domain": "medical", "quality": 9}', '{"domain": "medical", "quality": 4}'])
+    with FakeOpenAI(answer=lambda m, b: next(answers)) as srv:
+        cli = LLMClient(_cfg(srv, tmp_path))
+        out = cli.chat_json(_msgs("x"), Label)
+        assert out == {"domain": "medical", "quality": 4} and cli.stats.reasks == 1 and srv.hits == 2
+    with FakeOpenAI(answer=lambda m, b: "never json") as srv:
+        cli = LLMClient(_cfg(srv, tmp_path, parse_retries=1))
+        with pytest.raises(LLMError):
+            cli.chat_json(_msgs("y"), {"type": "object", "required": ["domain"]})
+        assert srv.hits == 2
+
+
+def test_cache_tag_separates_rounds_and_key_never_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAREBOT_TEST_KEY", "sk-secret-123456")
+    with FakeOpenAI() as srv:
+        cli = LLMClient(_cfg(srv, tmp_path, api_key_env="CAREBOT_TEST_KEY"))
+        cli.chat_json(_msgs("患者咳嗽发热三天，医生诊断为肺炎。"), Label, cache_tag="round1", seed=1)
+        cli.chat_json(_msgs("患者咳嗽发热三天，医生诊断为肺炎。"), Label, cache_tag="round2", seed=2)
+        cli.chat_json(_msgs("患者咳嗽发热三天，医生诊断为肺炎。"), Label, cache_tag="round1", seed=1)
+        assert srv.hits == 2 and cli.stats.cache_hits == 1
+    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"sk-secret" not in blob and "sk-secret" not in repr(cli.config)
+
+
+def test_non_retryable_4xx_fails_fast(tmp_path):
+    with FakeOpenAI() as srv:
+        cfg = _cfg(srv, tmp_path, base_url=srv.base_url.replace("/v1", "/nope"))
+        cli = LLMClient(cfg)
+        with pytest.raises(LLMError, match="HTTP 404"):
+            cli.chat_json(_msgs("z"))
+        assert cli.stats.requests == 1

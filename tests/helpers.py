@@ -1,0 +1,59 @@
+"""Helpers the tests import: run a stage as its users do (subprocess, torchrun), read its metrics, real text."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from carebot import io
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_stage(module: str, recipe: str, out: Path, overrides: list[str], nproc: int = 1, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m <module> --config recipe output_dir=out ...` (pretrain.train, alignment.sft, ...), under
+    torchrun when nproc > 1."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", module]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+               "--master-port", str(free_port()), "-m", module]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run(cmd + ["--config", recipe, f"output_dir={out}", *overrides], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def metrics(out: Path) -> list[dict]:
+    """The trainer's metrics.jsonl rows."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    """The records of a JSONL file as a list (through the product's one reader)."""
+    return list(io.read_jsonl(path, limit))
+
+
+def corpus_texts(root: Path, per_file: int = 1500) -> list[str]:
+    """Real bilingual text (medical + general, zh + en) from shared/data."""
+    files = {"dialogue/medquad_en_sample.jsonl": ("question", "answer"),
+             "dialogue/huatuo26m_test_sample.jsonl": ("question", "answer"),
+             "general/wikitext2_paragraphs_en.jsonl": ("text",),
+             "general/cmrc2018_wiki_paragraphs_zh.jsonl": ("text",)}
+    texts = []
+    for rel, keys in files.items():
+        for d in read_jsonl(root / rel, per_file):
+            texts.append("\n".join(str(d[k]) for k in keys if d.get(k)))
+    return texts
