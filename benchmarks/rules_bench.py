@@ -1,6 +1,6 @@
 """Throughput of `carebot data rules` vs datatrove's comparable filters, same real input, 2 processes.
 
-Input: every text document of ../shared/data (general + dialogue + benchmarks, via doc_text) repeated
+Input: every text document of the full data sets (general + dialogue + benchmarks, via doc_text) repeated
 --repeat times into one JSONL. Ours: rules.run(workers=2) (length, special chars, repetition, bad words,
 PII with checksums). datatrove: LocalPipelineExecutor(tasks=2, workers=2) over JsonlReader ->
 GopherRepetitionFilter -> GopherQualityFilter -> PIIFormatter -> JsonlWriter (English-centric: no zh

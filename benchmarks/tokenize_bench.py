@@ -1,6 +1,6 @@
 """Side-by-side benchmark of `carebot data tokenize` against Megatron-LM's preprocessors (not a test).
 
-Same corpus (all of ../shared/data flattened to one text per record; once as is, once repeated to >= 100 MB, and
+Same corpus (all of the full data sets flattened to one text per record; once as is, once repeated to >= 100 MB, and
 ours also at >= 400 MB for memory flatness), same LLaMA-3 tokenizer, same cores. Whole-process wall (imports
 included), docs/s, tokens/s and peak RSS of the whole process tree, each tool run --runs times, alternating:
   ours        python -m data_tools.tokens.tokenize ... --eod-token <|eot_id|>   (Megatron's HF EOD, so outputs compare)
@@ -63,7 +63,7 @@ def _leaves(x, key=None):
 
 
 def build_corpora(data_root: Path, work: Path, min_mb: list[int]) -> dict[str, Path]:
-    """corpus_x1.jsonl (every record of every shared data file as {"text"}) and repeats of it >= each size."""
+    """corpus_x1.jsonl (every record of every data file as {"text"}) and repeats of it >= each size."""
     work.mkdir(parents=True, exist_ok=True)
     one = work / "corpus_x1.jsonl"
     if not one.exists():
@@ -248,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         if mlm:
             checks[f"ours == preprocess_data.py ({tag})"] = all(
                 (keep / f"ours_{tag}{x}").read_bytes() == (keep / f"megatron_{tag}{x}").read_bytes() for x in (".bin", ".idx"))
-    # Acceptance 5, full corpus: gigatoken engine == HF tokenizers engine, byte for byte, all of shared/data.
+    # Full corpus: gigatoken engine == HF tokenizers engine, byte for byte, on every data file.
     shutil.rmtree(out_dir, ignore_errors=True)
     for engine in ("gigatoken", "hf"):
         subprocess.run([sys.executable, "-m", "data_tools.tokens.tokenize", "--input", str(corpora["x1"]), "--output-prefix",
                         f"{out_dir}/{engine}", "--tokenizer-model", tok, "--engine", engine], env=env, cwd=REPO,
                        check=True, capture_output=True)
-    checks["gigatoken == HF tokenizers engine (x1, all shared/data)"] = all(
+    checks["gigatoken == HF tokenizers engine (x1, all the data)"] = all(
         Path(f"{out_dir}/gigatoken_text_document{x}").read_bytes() == Path(f"{out_dir}/hf_text_document{x}").read_bytes()
         for x in (".bin", ".idx"))
     if big:  # memory flatness: ours on >= 400 MB

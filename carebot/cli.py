@@ -1,9 +1,20 @@
-"""`carebot`: the front door. Each subcommand maps straight to one `main(argv) -> int` in a stage module."""
+"""`carebot`: the front door. Each subcommand maps straight to one `main(argv) -> int` in a stage module.
+
+`run` is the one place a `CareBotError` (bad input, bad config, missing file) becomes one line
+`carebot <cmd>: error: <first line>` on stderr and exit status 2, without a traceback: the dispatch below, each
+module's `if __name__ == "__main__":` block (`script(main, prog)`) and the training stages' mains go through it.
+Library code only raises, so a reader called from a notebook raises an exception instead of exiting."""
 from __future__ import annotations
 
 import importlib
-import warnings
 import sys
+import warnings
+from typing import Callable, NoReturn
+
+from carebot.errors import CareBotError, one_line
+
+# What the command line reports as one line + exit 2: the stack's own errors and a missing file.
+USER_ERRORS: tuple[type[BaseException], ...] = (CareBotError, FileNotFoundError)
 
 # name -> (module:function, one-line help). Imported lazily: `carebot --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -12,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("alignment.dpo:main", "direct preference optimisation (dpo / ipo / rpo)"),
     "convert": ("pretrain.convert_cli:main", "HF <-> Megatron checkpoints (hf-to-megatron | megatron-to-hf | verify)"),
     "eval": ("eval.cli:main", "evaluation (mcq | judge | report)"),
-    "launch": ("launch.slurm:main", "render / submit SLURM jobs and the stage chain"),
+    "launch": ("launch.slurm_cli:main", "render / submit SLURM jobs and the stage chain"),
     "bench": ("launch.bench:main", "throughput benchmark: tokens/s/GPU, TFLOP/s, MFU"),
     "demo": ("launch.demo.run:main", "the whole pipeline on real data with tiny models on CPU"),
 }
@@ -42,9 +53,24 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _call(target: str, argv: list[str]) -> int:
+def run(main_fn: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "carebot") -> int:
+    """`main_fn(argv)` as the command line runs it: its exit status, or 2 with one line on stderr when it raises
+    a CareBotError / FileNotFoundError (a `main()` returning non-zero for a real failure keeps its status)."""
+    try:
+        return int(main_fn(argv) or 0)
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+
+
+def script(main_fn: Callable[[list[str] | None], int | None], prog: str) -> NoReturn:
+    """The `if __name__ == "__main__":` block of a command module (`python -m ...`, torchrun `-m ...`)."""
+    sys.exit(run(main_fn, None, prog))
+
+
+def _call(target: str, argv: list[str], prog: str) -> int:
     mod, fn = target.split(":")
-    return int(getattr(importlib.import_module(mod), fn)(argv) or 0)
+    return run(getattr(importlib.import_module(mod), fn), argv, prog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,12 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             print(_usage())
             return 0
         table, stage, rest = DATA_COMMANDS, rest[0], rest[1:]
+        prog = f"carebot data {stage}"
     else:
         table = COMMANDS
+        prog = f"carebot {stage}"
+        if stage == "eval" and rest and not rest[0].startswith("-"):  # eval dispatches once more
+            prog += f" {rest[0]}"
     if stage not in table:
         print(f"carebot: unknown stage '{stage}'\n\n{_usage()}", file=sys.stderr)
         return 2
-    return _call(table[stage][0], rest)
+    return _call(table[stage][0], rest, prog)
 
 
 if __name__ == "__main__":

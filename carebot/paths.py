@@ -1,4 +1,5 @@
-"""Where real data lives: $CAREBOT_DATA, else ../shared/data beside the repo, else the repo's small sample."""
+"""Where real data lives: $CAREBOT_DATA, else a `shared/data` folder beside the clone (the full sets, where a team keeps
+them), else the repo's own small sample `samples/`, so that a bare clone runs its tests and demo."""
 from __future__ import annotations
 
 import os
@@ -8,12 +9,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
-    """Root of the real data (same layout as ../shared/data: benchmarks/, dialogue/, general/)."""
+    """Root of the real data (the layout of samples/: benchmarks/, dialogue/, general/)."""
     env = os.environ.get("CAREBOT_DATA")
     for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data", REPO / "samples"]:
         if (cand / "general").is_dir():
             return cand
-    raise FileNotFoundError("no data found: set CAREBOT_DATA, or keep ../shared/data or samples/ beside the repo")
+    raise FileNotFoundError("no data found: set CAREBOT_DATA to a folder with benchmarks/, dialogue/, general/ (as samples/)")
 
 
 def cache_dir() -> Path:

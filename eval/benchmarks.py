@@ -2,7 +2,7 @@
 the lm-eval-harness prompt of each, so our log-likelihood numbers are comparable with lm-eval's.
 
 Formats read (`load_items(path)` detects them):
-- our normalised JSONL (../shared/data/benchmarks: `{id, question, options{A..}, answer, subject, split}`,
+- our normalised JSONL (the full data sets/benchmarks: `{id, question, options{A..}, answer, subject, split}`,
   PubMedQA `{id, question, contexts[], answer: yes|no|maybe, split}`)
 - MedQA upstream JSONL `{question, options{A..}, answer_idx}`; MedMCQA upstream JSON lines `{question, opa..opd, cop}`
 - PubMedQA upstream `ori_pqal.json` (`{pmid: {QUESTION, CONTEXTS, final_decision}}`) + optional `test_ground_truth.json`

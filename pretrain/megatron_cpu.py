@@ -3,7 +3,7 @@
 megatron-core hard-codes CUDA in device/RNG calls, `device="cuda"` tensors, `.cuda()` and optimizer
 type checks. `apply()` patches exactly those, and ONLY when `torch.cuda.is_available()` is false, so the
 CPU tests exercise the same megatron code (schedules, optimizer, dist_checkpointing, datasets) as a GPU
-run. Measured and documented in ../shared/docs/MEGATRON_CPU.md. Three parts:
+run. Measured and documented in docs/megatron_cpu.md. Three parts:
   1. CUDA device / RNG calls -> the CPU generator (megatron's RNG tracker then tracks CPU state);
   2. a global TorchFunctionMode mapping `device="cuda..."` kwargs to CPU and `Tensor.cuda()` to identity;
   3. `Tensor.type()` (no argument) reports `torch.cuda.*` names, for the optimizer's type checks.

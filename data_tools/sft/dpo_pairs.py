@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import random
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,38 +167,6 @@ def subjective_pairs(client: LLMClient, prompts: list[tuple[list[dict[str, str]]
         pairs.append(Pair(prompt=p, chosen=chosen, rejected=rejected, id=f"subj-{pid}",
                           meta={"kind": "subjective", "chosen_is": w1, "verdicts": [v1.value, v2.value]}))
     return pairs, counts
-
-
-# ----------------------------------------------------------------------------- a fake doctor + judge (tests, demo)
-_MED = re.compile(r"医|病|症|药|治疗|诊断|检查|建议|\b(?:patient|treatment|diagnos\w*|symptom\w*|doctor|therapy|dose)\b", re.I)
-
-
-def fake_doctor_judge(messages: list[dict], body: dict) -> str:
-    """Deterministic stand-in for GPT-4 behind launch.demo.endpoint.FakeOpenAI(answer=...): writes a templated
-    doctor reply, and judges by medical-term count then length (equal within 10% -> "tie"; a slight
-    position bias toward A on near-ties, which the two-order check must cancel)."""
-    last = messages[-1]["content"]
-    if "<reply_A>" not in last:
-        q = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        zh = lang_of(q) == "zh"
-        ans = (f"您好，根据您的描述（{q[:30]}），建议尽快到医院检查，明确诊断后在医生指导下治疗，注意休息和饮食。" if zh else
-               f"Thank you for your question about {q[:40]!r}. As your doctor I suggest a check-up to confirm the diagnosis; treatment depends on the cause.")
-        return json.dumps({"answer": ans}, ensure_ascii=False)
-    a = re.search(r"<reply_A>\n(.*?)\n</reply_A>", last, re.S).group(1)
-    b = re.search(r"<reply_B>\n(.*?)\n</reply_B>", last, re.S).group(1)
-
-    def score(t: str) -> float:
-        return len(_MED.findall(t)) * 50 + len(t)
-
-    sa, sb = score(a), score(b)
-    hi = max(sa, sb, 1)
-    winner = "tie" if abs(sa - sb) / hi < 0.10 else ("A" if sa * 1.05 >= sb else "B")
-
-    def aspects(s: float) -> dict[str, int]:
-        v = max(1, min(10, int(s / hi * 9) + 1))
-        return {"fluency": v, "relevance": v, "completeness": v, "proficiency": v}
-
-    return json.dumps({"A": aspects(sa), "B": aspects(sb), "winner": winner})
 
 
 # ----------------------------------------------------------------------------- CLI

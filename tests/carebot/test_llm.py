@@ -6,7 +6,7 @@ import json
 import pydantic
 import pytest
 
-from launch.demo.endpoint import Faults, FakeOpenAI
+from tests.fixtures.fake_openai import Faults, FakeOpenAI
 from carebot.llm import LLMClient, LLMConfig, LLMError, Request, extract_json
 
 

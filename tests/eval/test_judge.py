@@ -1,10 +1,10 @@
-"""Acceptance 3: the judge through the local OpenAI-protocol server: malformed replies are re-asked, then
+"""the judge through the local OpenAI-protocol server: malformed replies are re-asked, then
 counted as failures (never scored); a cached rerun makes zero requests; pairwise A/B with position swap."""
 import json
 
 import pytest
 
-from launch.demo.endpoint import FakeOpenAI
+from tests.fixtures.fake_openai import FakeOpenAI
 from carebot.llm import LLMConfig
 from eval.engine import EngineConfig
 from eval.judge import JudgeConfig, load_turns, run_consult, run_pairwise, validate_scores

@@ -1,8 +1,8 @@
-"""Acceptance 1: our acc / acc_norm equal lm-eval-harness's on the same real items, prompt and model.
+"""Our acc / acc_norm equal lm-eval-harness's on the same real items, prompt and model.
 
 lm-eval runs offline on local files: its own task YAMLs (and preprocess functions) for medqa_4options,
 mmlu_<medical subject> and pubmedqa, copied with `dataset_path: json` pointed at the real items of
-../shared/data converted to each task's hub schema."""
+the full data sets converted to each task's hub schema."""
 import json
 import re
 import shutil

@@ -1,4 +1,4 @@
-"""Acceptance 4 (3-seed runs with mean/std; Table-1 report with PNG plots) and 5 (contamination guard),
+"""3-seed runs with mean/std; Table-1 report with PNG plots; contamination guard,
 end to end through `carebot eval` on real MedQA items and CMMLU/CMB fixtures in their upstream formats."""
 import csv
 import json

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launch import slurm
+from launch import pipeline, slurm, slurm_cli
 from launch.slurm import SlurmConfig, after_run, render_array, render_train
 from pretrain.config import ConfigError
 
@@ -34,7 +34,7 @@ def cpu_job(tmp: Path, **kw) -> SlurmConfig:
 def launch_cli(*argv: str) -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert slurm.main(list(argv)) == 0
+        assert slurm_cli.main(list(argv)) == 0
     return buf.getvalue()
 
 
@@ -206,7 +206,7 @@ def test_data_tool_runs_as_job_array(slurm_cluster, jobs):
 
 @pytest.mark.parametrize("stage", ["stable", "boost", "sft", "dpo"])
 def test_8b_scripts_pass_sbatch_test_only(slurm_cluster, tmp_path, stage):
-    spec = slurm.STAGES[stage]
+    spec = pipeline.STAGES[stage]
     s = SlurmConfig(nodes=spec.nodes, gpus_per_node=spec.gpus_per_node, time=spec.time, workdir=str(REPO),
                     log_dir=str(tmp_path))
     r = render_train([spec.recipe], [], s)
@@ -219,7 +219,7 @@ def test_8b_scripts_pass_sbatch_test_only(slurm_cluster, tmp_path, stage):
 def test_pipeline_test_only_accepts_all_seven_scripts(slurm_cluster, tmp_path):
     out = launch_cli("pipeline", "--test-only", "--log-dir", str(tmp_path), "--workdir", str(REPO))
     lines = out.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == [f"carebot-{i}-{s}" for i, s in enumerate(slurm.PIPELINE)]
+    assert [line.split(":")[0] for line in lines] == [f"carebot-{i}-{s}" for i, s in enumerate(pipeline.PIPELINE)]
     assert all("to start at" in line for line in lines), out
     assert "nodes node[1-3]" in lines[0]  # Stable CPT: 3 nodes x 8 GPUs
 
@@ -257,3 +257,19 @@ def test_array_script_quotes_shards_and_placeholders(tmp_path):
     assert "#SBATCH --array=1%4" in r.script
     assert "SHARDS=('a b.jsonl' c.jsonl)" in r.script
     assert 'data tokenize --input "${SHARD}" --output-prefix out/"${NAME}"_"${TASK}"' in r.script
+
+
+def test_plan_wires_each_stage_to_its_source():
+    """The one stage graph: training stages chain, a convert exports the training stage before it, eval scores
+    the convert before it; impossible chains are one clear error."""
+    from carebot.errors import ConfigError
+
+    steps = pipeline.plan(pipeline.PIPELINE)
+    src = {s.index: (s.stage, pipeline.PIPELINE[s.source] if s.source is not None else None) for s in steps}
+    assert src == {0: ("stable", None), 1: ("boost", "stable"), 2: ("convert", "boost"), 3: ("sft", "boost"),
+                   4: ("dpo", "sft"), 5: ("convert", "dpo"), 6: ("eval", "convert")}
+    assert steps[6].source == 5
+    for bad, msg in ((["convert"], "needs a training stage"), (["eval"], "needs a converted model"),
+                     (["stable", "bogus"], "unknown stage")):
+        with pytest.raises(ConfigError, match=msg):
+            pipeline.plan(bad)

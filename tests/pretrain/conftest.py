@@ -1,4 +1,4 @@
-"""CPT fixtures: .bin/.idx prefixes built from real shared/data text with the real LLaMA-3 tokenizer."""
+"""CPT fixtures: .bin/.idx prefixes built from real real text with the real LLaMA-3 tokenizer."""
 from __future__ import annotations
 
 import json

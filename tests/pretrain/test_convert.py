@@ -135,7 +135,7 @@ def test_mapping_table_qkv_interleave_and_inverse():
 
 
 def test_hf_to_megatron_logits_parity_tp1_tp2_pp2(tiny_hf, converted, tmp_path):
-    """Acceptance 1: one 2-process run loads the converted checkpoint at TP1xPP1 (x DP2), TP2 and PP2."""
+    """one 2-process run loads the converted checkpoint at TP1xPP1 (x DP2), TP2 and PP2."""
     summary = tmp_path / "verify.json"
     torchrun(2, "pretrain.convert_cli", ["verify", "--hf", tiny_hf, "--megatron", converted["mcore"],
                                      "--layouts", "1x1,2x1,1x2", "--summary", summary])
@@ -149,7 +149,7 @@ def test_hf_to_megatron_logits_parity_tp1_tp2_pp2(tiny_hf, converted, tmp_path):
 
 
 def test_round_trip_is_bitwise(tiny_hf, converted):
-    """Acceptance 3: HF -> Megatron -> HF reproduces every tensor bitwise; config carried over."""
+    """HF -> Megatron -> HF reproduces every tensor bitwise; config carried over."""
     a, b = tensors_of(tiny_hf), tensors_of(converted["roundtrip"])
     assert sorted(a) == sorted(b) and len(a) == 2 * 9 + 3
     for k in a:
@@ -192,7 +192,7 @@ def exported(trained, converted, tmp_path_factory) -> dict:
 
 @pytest.mark.slow  # a 4-process training run plus an export: ~2.5 min on 2 loaded cores
 def test_trained_tp2pp2_checkpoint_to_hf(exported, trained, tiny_hf):
-    """Acceptances 2 and 4: a TP2 x PP2 checkpoint from `carebot pretrain` exports to an HF dir that
+    """a TP2 x PP2 checkpoint from `carebot pretrain` exports to an HF dir that
     transformers loads cleanly, with logits, held-out loss and 20 greedy tokens equal to megatron's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

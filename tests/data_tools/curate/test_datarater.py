@@ -8,7 +8,7 @@ import numpy as np
 from data_tools.curate import encoder as E
 from data_tools.curate.datarater import apply, metrics, train
 from carebot.io import write_jsonl
-from launch.demo.endpoint import FakeOpenAI
+from tests.fixtures.fake_openai import FakeOpenAI
 from data_tools.curate.label import main as label_main
 from tests.data_tools.curate.test_domain import ENC, corpus
 

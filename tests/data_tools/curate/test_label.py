@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from launch.demo.endpoint import Faults, FakeOpenAI
+from tests.fixtures.fake_openai import Faults, FakeOpenAI
 from data_tools.curate.label import LabelConfig, load_items, main, requests_for
 from carebot.llm import AsyncLLMClient, DiskCache, LLMConfig
 

@@ -1,4 +1,4 @@
-"""ConFilter on real CMtMedQA dialogues (acceptance 4): the batched path equals turn-at-a-time scoring; a
+"""ConFilter on real CMtMedQA dialogues: the batched path equals turn-at-a-time scoring; a
 dialogue whose history is swapped in from other dialogues scores a higher CF; selection band + report."""
 from __future__ import annotations
 

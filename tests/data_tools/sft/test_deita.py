@@ -1,4 +1,4 @@
-"""Deita: batched scores equal naive per-item scores; selection keeps the documented fraction (acceptance 5)."""
+"""Deita: batched scores equal naive per-item scores; selection keeps the documented fraction."""
 from __future__ import annotations
 
 import json

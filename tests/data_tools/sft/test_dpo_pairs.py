@@ -1,11 +1,12 @@
-"""DPO pairs (acceptance 6): objective pairs from real MCQ items (never chosen == rejected, seeded);
+"""DPO pairs: objective pairs from real MCQ items (never chosen == rejected, seeded);
 subjective pairs through the local OpenAI-protocol server, both judge orders, ties dropped, cache hits on rerun."""
 from __future__ import annotations
 
 import json
 
 from data_tools.sft import dpo_pairs as P
-from launch.demo.endpoint import Faults, FakeOpenAI
+from launch.demo.responders import doctor_judge
+from tests.fixtures.fake_openai import Faults, FakeOpenAI
 from data_tools.sft.formats import Dialogue, read_pairs, write_sft
 from tests.helpers import read_jsonl
 
@@ -36,7 +37,7 @@ def test_subjective_pairs_via_server_with_cache(tmp_path, data_root):
     sft = tmp_path / "sft.jsonl"
     write_sft(sft, multi + en)
     out = tmp_path / "dpo"
-    with FakeOpenAI(answer=P.fake_doctor_judge, faults=Faults(p429=0.1, p500=0.05, seed=2)) as srv:
+    with FakeOpenAI(answer=doctor_judge, faults=Faults(p429=0.1, p500=0.05, seed=2)) as srv:
         args = ["--sft", str(sft), "--n-subjective", "48", "--mcq", str(data_root / "benchmarks" / "medqa_usmle_4opt_test.jsonl"),
                 "--base-url", srv.base_url, "--model", "fake", "--out", str(out), "--seed", "3", "--no-progress"]
         assert P.main(args) == 0

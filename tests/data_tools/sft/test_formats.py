@@ -1,4 +1,4 @@
-"""SFT / DPO formats: lossless read -> write -> read in every dialect, on real dialogues (acceptance 7)."""
+"""SFT / DPO formats: lossless read -> write -> read in every dialect, on real dialogues."""
 from __future__ import annotations
 
 import json

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from data_tools.sft import dpo_pairs, sft_build
-from launch.demo.endpoint import FakeOpenAI
+from data_tools.sft import sft_build
+from launch.demo.responders import doctor_judge
+from tests.fixtures.fake_openai import FakeOpenAI
 from data_tools.sft.formats import read_sft
 from tests.helpers import read_jsonl
 
@@ -50,7 +51,7 @@ def test_rewrite_through_llm_client(tmp_path, data_root):
     dlg = read_jsonl(data_root / "dialogue" / "cmtmedqa_test.jsonl", 3)
     src = _write(tmp_path / "rw.jsonl", qa + dlg)
     out = tmp_path / "out"
-    with FakeOpenAI(answer=dpo_pairs.fake_doctor_judge) as srv:
+    with FakeOpenAI(answer=doctor_judge) as srv:
         args = ["--rewrite", src, "--out", str(out), "--no-decontam", "--base-url", srv.base_url, "--model", "fake", "--no-progress"]
         assert sft_build.main(args) == 0
         n_turns = len(qa) + sum(len(r["messages"]) // 2 for r in dlg)

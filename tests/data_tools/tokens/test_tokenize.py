@@ -22,7 +22,7 @@ EOD = 128001  # <|end_of_text|>
 
 
 def real_texts(root: Path, per_file: int | None = None) -> dict[str, list[str]]:
-    """Plain text of every record of every shared data file (all string fields joined), by file name."""
+    """Plain text of every record of every data file (all string fields joined), by file name."""
     skip = {"id", "lang", "source", "split", "domain", "subset", "label", "answer"}
 
     def leaves(x, key=None):
@@ -97,7 +97,7 @@ def test_idx_equals_megatron_builder(tmp_path, data_root, llama3_tokenizer_dir):
 
 
 def test_gigatoken_output_byte_identical_to_hf(tmp_path, data_root, llama3_tokenizer_dir):
-    """Acceptance 5 on a sample of every shared data file (the full corpus is checked by the benchmark)."""
+    """On a sample of every data file (the full corpus is checked by the benchmark)."""
     shards = [write_jsonl(tmp_path / f"in/{name}.jsonl", texts)
               for name, texts in real_texts(data_root, per_file=150).items()]
     outs = {}

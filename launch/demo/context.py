@@ -1,0 +1,62 @@
+"""What every demo step shares: the run context, and running one `carebot` command as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from carebot.paths import cache_dir
+
+
+@dataclass
+class Ctx:
+    out: Path
+    data: Path
+    quick: bool
+    tokenizer: str = "bpe"
+    base_url: str = ""
+    local_llm: bool = True
+    models: dict = field(default_factory=dict)  # role (label, doctor, consult) -> the endpoint's model name
+    counts: dict = field(default_factory=dict)
+
+    def d(self, name: str) -> Path:
+        p = self.out / name
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def carebot(ctx: Ctx, step: str, *args: str) -> None:
+    """Run one `carebot ...` command; its output goes to OUT/logs/<step>.log (tail shown on failure)."""
+    log = ctx.d("logs") / f"{step}.log"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    cmd = [sys.executable, "-m", "carebot.cli", *args]
+    with open(log, "a") as f:
+        f.write(f"$ carebot {' '.join(args)}\n")
+        f.flush()
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[2])
+    if p.returncode:
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-25:])
+        raise SystemExit(f"demo step '{step}' failed (exit {p.returncode}); log {log}:\n{tail}")
+
+
+def jl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def write_jl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+
+def tokenizer_dir(ctx: Ctx) -> Path:
+    """A 4k byte-level BPE trained on the demo's own corpus, with LLaMA-3's specials and chat template
+    (the real LLaMA-3 tokenizer works the same way: `--tokenizer llama3`)."""
+    from carebot.tokenizer import build_llama3_tokenizer, train_small_bpe
+
+    if ctx.tokenizer == "llama3":
+        return build_llama3_tokenizer(cache_dir() / "llama3-tokenizer")
+    return train_small_bpe([r["text"] for r in jl(ctx.out / "corpus" / "raw.jsonl")], ctx.out / "tokenizer", 4096)

@@ -1,0 +1,164 @@
+"""The demo's data steps: a mixed raw corpus from real data, then curation, SFT data, tokenize and blend."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from launch.demo.context import Ctx, carebot, jl, tokenizer_dir, write_jl
+
+
+# raw corpus: (file, text fields, docs per source (full, quick)) — medical and general, zh and en, mixed
+# together as a general crawl would be; the pipeline has to find the medical part itself.
+SOURCES = [
+    ("dialogue/medquad_en_sample.jsonl", ("question", "answer"), (600, 150)),
+    ("dialogue/huatuo26m_test_sample.jsonl", ("question", "answer"), (600, 150)),
+    ("dialogue/toyhom_internal_medicine_qa.jsonl", ("question", "answer"), (600, 150)),
+    ("general/wikitext2_paragraphs_en.jsonl", ("text",), (600, 150)),
+    ("general/mmlu_nonmedical_en.jsonl", ("text",), (400, 150)),  # in samples/ (fresh clones)
+    ("general/cmrc2018_wiki_paragraphs_zh.jsonl", ("text",), (600, 150)),
+    ("general/thucnews_titles_zh.jsonl", ("text",), (600, 150)),  # titles -> news digests (see _digests)
+]
+SFT_SOURCES = {"dialogue/toyhom_internal_medicine_qa.jsonl": "zh", "dialogue/medquad_en_sample.jsonl": "en"}
+
+
+def _corpus_take(ctx: "Ctx", rel: str, total: int) -> int:
+    """How many of a file's items the raw corpus takes: its SOURCES count, and at most half of a file that
+    also feeds SFT (the rest is SFT's; samples/ has 300 items where the full set has 3,000)."""
+    n_full, n_quick = next(c for r, _, c in SOURCES if r == rel)
+    return min(n_quick if ctx.quick else n_full, total // 2 if rel in SFT_SOURCES else total)
+
+
+TITLES_PER_DIGEST = 6  # one title is ~20 characters, under the rules' 50; six of one class make a news digest
+
+
+def _digests(rows: list[dict], n: int) -> list[dict]:
+    """n titles spread over the (class-sorted) file, joined into digests of one class each: the only general
+    Chinese text in samples/ (a fresh clone) is THUCNews titles, and single titles all fail the length rule."""
+    picked = rows[:: max(1, len(rows) // n)][:n]
+    by_label: dict[str, list[str]] = {}
+    for r in picked:
+        by_label.setdefault(r.get("label", ""), []).append(str(r["text"]).rstrip("。"))
+    return [{"text": "。".join(ts[i : i + TITLES_PER_DIGEST]) + "。"}
+            for ts in by_label.values() for i in range(0, len(ts), TITLES_PER_DIGEST)]
+
+
+
+def s_corpus(ctx: Ctx) -> dict:
+    rows = []
+    for rel, keys, (n_full, n_quick) in SOURCES:
+        f = ctx.data / rel
+        if not f.exists():
+            continue
+        recs = jl(f)
+        n = _corpus_take(ctx, rel, len(recs))
+        for i, d in enumerate(_digests(recs, n) if "titles" in rel else recs[:n]):
+            text = "\n".join(str(d[k]) for k in keys if d.get(k))
+            rows.append({"id": f"{f.stem}-{i}", "text": text, "source": f.stem})
+    random.Random(0).shuffle(rows)  # a crawl is not sorted by source: labeling takes a fair sample
+    write_jl(ctx.d("corpus") / "raw.jsonl", rows)
+    return {"docs": len(rows), "sources": len({r["source"] for r in rows})}
+
+
+def s_rules(ctx: Ctx) -> dict:
+    carebot(ctx, "rules", "data", "rules", "--input", str(ctx.out / "corpus" / "raw.jsonl"),
+            "--out", str(ctx.d("rules")), "--workers", "2", "--no-progress")
+    s = json.loads((ctx.out / "rules" / "summary.json").read_text())["totals"]
+    return {"docs": s["docs"], "kept": s["kept"]}
+
+
+def _kept_corpus(ctx: Ctx) -> Path:
+    return next(p for p in (ctx.out / "rules").rglob("*.jsonl") if "excluded" not in p.parts and p.stem == "raw")
+
+
+def s_label(ctx: Ctx) -> dict:
+    carebot(ctx, "label", "data", "label", "--input", str(_kept_corpus(ctx)), "--out", str(ctx.d("label")),
+            "--base-url", ctx.base_url, "--model", ctx.models["label"], "--limit", "300" if ctx.quick else "800",
+            "--no-progress")
+    s = json.loads((ctx.out / "label" / "summary.json").read_text())
+    return {"labelled": s["items"], "kept_consistent": s["kept"], **{f"kept_{k}": v for k, v in s["kept_by_domain"].items()}}
+
+
+def s_domain(ctx: Ctx) -> dict:
+    carebot(ctx, "domain", "data", "domain", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
+            "--out", str(ctx.d("domain") / "model"), "--max-length", "128")
+    carebot(ctx, "domain", "data", "domain", "apply", "--model", str(ctx.out / "domain" / "model"),
+            "--input", str(_kept_corpus(ctx)), "--out-dir", str(ctx.d("domain") / "scored"))
+    rep = json.loads((ctx.out / "domain" / "model" / "eval.json").read_text())
+    docs = jl(next((ctx.out / "domain" / "scored").glob("*.jsonl")))
+    return {"held_out_acc": round(rep["accuracy"], 3), "balanced_acc": round(rep["balanced_accuracy"], 3), "scored": len(docs),
+            "medical": sum(d.get("domain") == "medical" for d in docs)}
+
+
+def s_datarater(ctx: Ctx) -> dict:
+    carebot(ctx, "datarater", "data", "datarater", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
+            "--out", str(ctx.d("datarater") / "model"), "--max-length", "128")
+    carebot(ctx, "datarater", "data", "datarater", "apply", "--model", str(ctx.out / "datarater" / "model"),
+            "--input", *map(str, (ctx.out / "domain" / "scored").glob("*.jsonl")),
+            "--out-dir", str(ctx.d("datarater") / "scored"))
+    docs = jl(next((ctx.out / "datarater" / "scored").glob("*.jsonl")))
+    return {"scored": len(docs), "quality_ge_3": sum(float(d.get("quality", 0)) >= 3 for d in docs)}
+
+
+def s_decontam(ctx: Ctx) -> dict:
+    carebot(ctx, "decontam", "data", "decontam", "--input", *map(str, (ctx.out / "datarater" / "scored").glob("*.jsonl")),
+            "--out", str(ctx.d("decontam")), "--no-progress")
+    m = json.loads((ctx.out / "decontam" / "manifest.json").read_text())
+    return {"removed": len(m.get("removed", [])), "kept": sum(len(jl(p)) for p in (ctx.out / "decontam").glob("*.jsonl"))}
+
+
+def s_dedup(ctx: Ctx) -> dict:
+    carebot(ctx, "dedup", "data", "dedup", "--input", *map(str, (ctx.out / "decontam").glob("*.jsonl")),
+            "--out", str(ctx.d("dedup")))
+    return {"kept": sum(len(jl(p)) for p in (ctx.out / "dedup").glob("*.jsonl"))}
+
+
+def s_bucket(ctx: Ctx) -> dict:
+    # medical_hq feeds Boost CPT. Production: DataRater >= 4 ("absolutely high quality", BAAI's card). The
+    # demo's DataRater learnt from a few hundred rule-labelled items and its zh and en scales differ, so the
+    # top 40% of medical docs in each language are HQ.
+    carebot(ctx, "bucket", "data", "bucket", "--input", *map(str, (ctx.out / "dedup").glob("*.jsonl")),
+            "--out", str(ctx.d("bucket")), "--hq-top-frac", "0.4")
+    return {p.name: sum(len(jl(f)) for f in p.glob("*.jsonl")) for p in sorted((ctx.out / "bucket").iterdir()) if p.is_dir()}
+
+
+def s_sft_data(ctx: Ctx) -> dict:
+    """Medical dialogues for the Boost CPT 'sft' bucket and for SFT: items after those in the raw corpus."""
+    rows = []
+    for rel, lang in SFT_SOURCES.items():
+        f = ctx.data / rel
+        recs = jl(f)
+        start = _corpus_take(ctx, rel, len(recs))
+        for i, d in enumerate(recs[start: start + (120 if ctx.quick else 400)]):
+            rows.append({"id": f"{f.stem}-sft-{i}", "lang": lang, "messages": [
+                {"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]})
+    for lang in ("zh", "en"):
+        write_jl(ctx.d("sft_data") / f"sft_{lang}.jsonl", [r for r in rows if r["lang"] == lang])
+    return {"dialogues": len(rows)}
+
+
+def s_tokenize(ctx: Ctx) -> dict:
+    tok = tokenizer_dir(ctx)
+    out = {}
+    for b in sorted(p for p in (ctx.out / "bucket").iterdir() if p.is_dir() and any(p.glob("*.jsonl"))):
+        carebot(ctx, "tokenize", "data", "tokenize", "--input", str(b), "--tokenizer-model", str(tok),
+                "--output-prefix", str(ctx.d("tokens") / b.name), "--bucket", b.name)
+        out[b.name] = json.loads(Path(str(ctx.out / "tokens" / b.name) + "_text_document.manifest.json").read_text()).get("tokens")
+    for lang in ("zh", "en"):
+        carebot(ctx, "tokenize", "data", "tokenize", "--input", str(ctx.out / "sft_data" / f"sft_{lang}.jsonl"),
+                "--tokenizer-model", str(tok), "--json-keys", "messages", "--chat",
+                "--output-prefix", str(ctx.d("tokens") / f"sft_{lang}"), "--bucket", f"sft_{lang}")
+        out[f"sft_{lang}"] = json.loads(Path(str(ctx.out / "tokens" / f"sft_{lang}") + "_messages_document.manifest.json").read_text()).get("tokens")
+    return out
+
+
+def s_blend(ctx: Ctx) -> dict:
+    res = {}
+    for kind in ("stable", "boost"):
+        carebot(ctx, "blend", "data", "blend", "--kind", kind, "--manifests", str(ctx.out / "tokens"),
+                "--out", str(ctx.d("blend") / f"{kind}.yaml"), "--max-epochs", "1000")
+        import yaml
+        dp = yaml.safe_load((ctx.out / "blend" / f"{kind}.yaml").read_text())["data"]["data_path"]
+        res[kind] = {Path(p).name.replace("_text_document", "").replace("_messages_document", ""): round(w, 4)
+                     for w, p in zip(dp[0::2], dp[1::2])}
+    return res
