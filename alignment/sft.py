@@ -202,4 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from carebot.cli import script
+
+    script(main, "carebot sft")

@@ -20,6 +20,8 @@ import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from carebot.errors import InputError
+
 LETTERS = "ABCDEFGH"
 
 # Medical subsets (paper, appendix E; task names as in lm-eval-harness).
@@ -38,7 +40,7 @@ CEVAL_ZH = {"basic_medicine": "基础医学", "clinical_medicine": "临床医学
             "veterinary_medicine": "兽医学"}
 
 
-class BenchmarkError(SystemExit):
+class BenchmarkError(InputError):
     """Bad benchmark input; the message names the file (and line)."""
 
 

@@ -18,4 +18,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from carebot.cli import script
+
+    script(main, "carebot eval")

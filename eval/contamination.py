@@ -17,6 +17,8 @@ import logging
 import re
 from pathlib import Path
 
+from carebot.errors import CareBotError, ConfigError, InputError
+
 log = logging.getLogger(__name__)
 
 # Consultation benchmarks (eval.judge) besides the seven MCQ sets.
@@ -24,7 +26,7 @@ EXTRA_ALIASES = {"cmb_clin": ["cmb_clin", "CMB-Clin"], "cmtmedqa": ["cmtmedqa", 
                  "huatuo26m": ["huatuo26m", "Huatuo26M-test", "huatuo26m_test"]}
 
 
-class ContaminationError(SystemExit):
+class ContaminationError(CareBotError):
     """The model was trained on data overlapping a benchmark being run."""
 
 
@@ -59,14 +61,14 @@ def overlaps(manifest_path: str | Path) -> dict[str, int]:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"{p}: cannot read the decontamination manifest ({e})") from None
+        raise InputError(f"{p}: cannot read the decontamination manifest ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), dict):
-        raise SystemExit(f'{p}: expected {{"benchmarks": {{name: {{"n": int}}}}}} (see eval/contamination.py)')
+        raise InputError(f'{p}: expected {{"benchmarks": {{name: {{"n": int}}}}}} (see eval/contamination.py)')
     out: dict[str, int] = {}
     for key, v in doc["benchmarks"].items():
         n = v.get("n", 0) if isinstance(v, dict) else v
         if not isinstance(n, int):
-            raise SystemExit(f"{p}: benchmarks.{key}.n must be an int, got {n!r}")
+            raise InputError(f"{p}: benchmarks.{key}.n must be an int, got {n!r}")
         name = manifest_benchmark(key)
         if name is None:
             log.info("decontam manifest key %r matches no benchmark; ignored", key)
@@ -79,7 +81,7 @@ def check_contamination(model_dir: str | Path, benchmarks: tuple[str, ...] | lis
                         manifest: str | Path | None = None) -> dict:
     """Return {"manifest", "overlap": {bench: n}, "policy"}; raise ContaminationError under policy 'error'."""
     if policy not in ("error", "warn", "off"):
-        raise SystemExit(f"contamination policy must be error|warn|off, got {policy!r}")
+        raise ConfigError(f"contamination policy must be error|warn|off, got {policy!r}")
     if manifest is None:
         cand = Path(model_dir) / "decontam_manifest.json"
         manifest = cand if cand.exists() else None

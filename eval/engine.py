@@ -9,6 +9,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from carebot.errors import ConfigError, InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ class HFEngine:
 
         p = Path(cfg.model)
         if not (p / "config.json").exists():
-            raise SystemExit(f"{p}: not an HF model directory (no config.json)")
+            raise InputError(f"{p}: not an HF model directory (no config.json)")
         self.cfg = cfg
         self.tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         self.model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True,
@@ -122,7 +124,7 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except ImportError:
-            raise SystemExit("--engine vllm needs the vllm package (pip install vllm on a GPU machine)") from None
+            raise ConfigError("--engine vllm needs the vllm package (pip install vllm on a GPU machine)") from None
         self.cfg = cfg
         self.llm = LLM(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_length + 1)
         self.tok = self.llm.get_tokenizer()

@@ -20,6 +20,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carebot.config import parse_command
+from carebot.errors import ConfigError, InputError
 from carebot.io import write_text
 from carebot.llm import LLMClient, LLMConfig, Request
 from eval.contamination import check_contamination
@@ -73,7 +75,7 @@ def _jsonl(path: Path) -> list[dict]:
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}:{ln}: not JSON ({e.msg})") from None
+                    raise InputError(f"{path}:{ln}: not JSON ({e.msg})") from None
     return out
 
 
@@ -82,7 +84,7 @@ def _resolve(bench: str, paths: dict[str, str]) -> Path:
         return Path(paths[bench])
     table = {**CONSULT, **SINGLE}
     if bench not in table:
-        raise SystemExit(f"unknown consultation benchmark {bench!r}; known: {', '.join(table)}")
+        raise ConfigError(f"unknown consultation benchmark {bench!r}; known: {', '.join(table)}")
     from carebot.paths import data_dir
     return data_dir() / table[bench]
 
@@ -106,7 +108,7 @@ def load_turns(bench: str, path: Path, limit: int | None = None, max_turns: int 
                 q = f"{d.get('description', '')}\n\n{p['question']}" if j == 0 else p["question"]
                 msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": p["answer"]}]
         else:
-            raise SystemExit(f"{path}:{i + 1}: need 'messages' or 'qa_pairs'")
+            raise InputError(f"{path}:{i + 1}: need 'messages' or 'qa_pairs'")
         if not any(m.get("role") == "assistant" for m in msgs):
             continue  # CMtMedQA's safety prompts have no reference answer to judge against
         n += 1
@@ -121,7 +123,7 @@ def load_turns(bench: str, path: Path, limit: int | None = None, max_turns: int 
                 turns.append(Turn(dialogue=str(d.get("id", f"{bench}-{i}")), turn=t, history=msgs[:k - 1],
                                   question=msgs[k - 1]["content"], reference=m["content"]))
     if not turns:
-        raise SystemExit(f"{path}: no judgeable turns for {bench}")
+        raise InputError(f"{path}: no judgeable turns for {bench}")
     return turns
 
 
@@ -173,7 +175,7 @@ def model_answers(engine, turns: list[Turn], store: Path, cfg: JudgeConfig) -> d
     todo = [t for t in turns if f"{t.dialogue}/{t.turn}" not in done]
     if todo:
         if engine is None:
-            raise SystemExit(f"{store}: {len(todo)} turns have no stored answer and no --model was given")
+            raise ConfigError(f"{store}: {len(todo)} turns have no stored answer and no --model was given")
         store.parent.mkdir(parents=True, exist_ok=True)
         bs = max(1, engine.cfg.batch_size) * 4
         for i in range(0, len(todo), bs):  # chunks: an interrupted run keeps what it generated
@@ -273,7 +275,7 @@ def run_pairwise(cfg: JudgeConfig, answers_b: dict[str, str] | None, name_b: str
     for t in turns:
         k = f"{t.dialogue}/1"
         if k not in b:
-            raise SystemExit(f"model B has no answer for {t.dialogue}")
+            raise InputError(f"model B has no answer for {t.dialogue}")
         reqs += [pair_request(t.dialogue, t.question, a[k], b[k], "ab"), pair_request(t.dialogue, t.question, b[k], a[k], "ba")]
     client = LLMClient(cfg.llm)
     res = {r.id: r for r in client.map_json(reqs, validate=validate_winner, desc=f"pairwise {bench}")}
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answers-b", default=None, help="pairwise: model B answers, jsonl {id, answer}")
     ap.add_argument("--contamination", choices=["error", "warn", "off"], default="error")
     ap.add_argument("--decontam-manifest", default=None)
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     llm = LLMConfig(base_url=a.judge_base_url, model=a.judge_model, api_key_env=a.judge_key_env,
                     concurrency=a.judge_concurrency, parse_retries=a.judge_retries, temperature=0.0,
                     cache_path=str(Path(a.out) / "judge_cache.sqlite"))
@@ -335,3 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         doc = run_pairwise(cfg, ans_b, name_b, eng_b)
         print(json.dumps(doc["pairwise"]))
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot eval judge")

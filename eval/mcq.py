@@ -21,6 +21,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carebot.config import parse_command
+from carebot.errors import ConfigError
 from carebot.io import write_text
 from eval import benchmarks as B
 from eval.contamination import check_contamination
@@ -105,7 +107,7 @@ def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
     items = B.load_benchmark(name, path, limit=cfg.limit, answers=cfg.answers.get(name))
     pool = B.fewshot_pool(name, path, items) if cfg.shots else []
     if cfg.shots and not pool:
-        raise SystemExit(f"{name}: --shots {cfg.shots} needs a dev split (pass --path to the upstream CSV dir)")
+        raise ConfigError(f"{name}: --shots {cfg.shots} needs a dev split (pass --path to the upstream CSV dir)")
     mode = spec.mode if cfg.mode == "auto" else cfg.mode
     deterministic = (mode == "loglik" and cfg.shots == 0) or (mode == "generate" and cfg.temperature == 0 and cfg.shots == 0)
     # What a stored result depends on: a rerun with other settings must not silently reuse it.
@@ -117,7 +119,7 @@ def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
         if f.exists():  # resume: this (benchmark, seed) is done
             doc = json.loads(f.read_text())
             if doc.get("fingerprint") != fp:
-                raise SystemExit(f"{f}: holds a run with other settings ({doc.get('fingerprint')}); use another --out")
+                raise ConfigError(f"{f}: holds a run with other settings ({doc.get('fingerprint')}); use another --out")
             runs.append(doc["metrics"])
             continue
         if deterministic and runs:  # identical by construction: reuse the first run instead of recomputing
@@ -212,7 +214,7 @@ def _kv(items: list[str], flag: str) -> dict[str, str]:
     out = {}
     for s in items:
         if "=" not in s:
-            raise SystemExit(f"{flag} expects BENCH=PATH, got {s!r}")
+            raise ConfigError(f"{flag} expects BENCH=PATH, got {s!r}")
         k, v = s.split("=", 1)
         B.get_spec(k)
         out[k] = v
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--permutations", type=int, default=0, help="option-order robustness report (cyclic shifts)")
     ap.add_argument("--contamination", choices=["error", "warn", "off"], default="error")
     ap.add_argument("--decontam-manifest", default=None)
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     benches = tuple(b.strip() for b in a.benchmarks.split(",") if b.strip())
     for b in benches:
         B.get_spec(b)
@@ -251,3 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     for b, r in s["benchmarks"].items():
         print(f"{r['title']:<12} acc {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}  (n={r['n']}, {r['mode']})")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot eval mcq")

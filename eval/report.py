@@ -14,6 +14,8 @@ import math
 import statistics
 from pathlib import Path
 
+from carebot.config import parse_command
+from carebot.errors import InputError
 from carebot.io import write_text
 from eval.benchmarks import BENCHMARKS, TABLE1
 
@@ -65,7 +67,7 @@ def load_run(run_dir: str | Path) -> dict:
     if (d / "judge_summary.json").exists():
         run["judge"] = json.loads((d / "judge_summary.json").read_text())
     if run["mcq"] is None and run["judge"] is None:
-        raise SystemExit(f"{d}: no mcq_summary.json or judge_summary.json (not an eval run directory)")
+        raise InputError(f"{d}: no mcq_summary.json or judge_summary.json (not an eval run directory)")
     run["name"] = (run["mcq"] or run["judge"])["model"]
     return run
 
@@ -79,14 +81,14 @@ def load_baselines(path: str | Path) -> list[dict]:
         try:
             doc = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"{p}: cannot read baselines ({e})") from None
+            raise InputError(f"{p}: cannot read baselines ({e})") from None
     out = []
     for name, m in doc.get("models", {}).items():
         if "source" not in m:
-            raise SystemExit(f"{p}: baseline {name!r} has no 'source' (say where the numbers come from)")
+            raise InputError(f"{p}: baseline {name!r} has no 'source' (say where the numbers come from)")
         bad = [k for k in m.get("scores", {}) if k not in BENCHMARKS]
         if bad:
-            raise SystemExit(f"{p}: baseline {name!r}: unknown benchmark keys {bad}")
+            raise InputError(f"{p}: baseline {name!r}: unknown benchmark keys {bad}")
         out.append({"name": name, "source": m["source"], "scores": m.get("scores", {}), "std": m.get("std", {}),
                     "consult": m.get("consult", {})})
     return out
@@ -296,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="results file of baselines not evaluated here, or 'paper' for the CareBot paper's tables")
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     rep = build_report(a.runs, a.out, a.baselines, a.alpha)
     print(f"wrote {Path(a.out) / 'report.md'} and {', '.join(rep['plots'])}")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot eval report")

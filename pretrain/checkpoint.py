@@ -17,11 +17,13 @@ from megatron.core import parallel_state as mpu
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from carebot.errors import CareBotError
+
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(CareBotError, RuntimeError):
+    """A checkpoint that cannot be loaded or written (missing, truncated, other layout); says what to change."""
 
 
 def _layout() -> list[int]:

@@ -13,16 +13,21 @@ import json
 import sys
 from pathlib import Path
 
-from pretrain import checkpoint as ckpt
-from pretrain.config import ConfigError
+from carebot.cli import run, script
 from pretrain.convert import hf_to_megatron, megatron_to_hf
 from pretrain.convert_verify import verify
+
 
 def _pop_rest(args):
     return getattr(args, "overrides", None) or []
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A ConfigError / CheckpointError / missing file is one line `carebot convert: error: ...` and exit 2."""
+    return run(_main, argv, "carebot convert")
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="carebot convert", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("hf-to-megatron", help="HF LLaMA dir -> megatron-core dist checkpoint")
@@ -66,14 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         if res is not None:
             print(json.dumps(res, indent=1, ensure_ascii=False), flush=True)
         return 0
-    except (ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__  # one line, always
-        print(f"carebot convert: error: {msg}", file=sys.stderr, flush=True)
-        return 2
     finally:
         if "pretrain.distributed" in sys.modules:  # only a command that started process groups
             sys.modules["pretrain.distributed"].teardown()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    script(main, "carebot convert")

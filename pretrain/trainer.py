@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -378,20 +377,12 @@ def run(cfg: RunConfig, stage: Stage) -> list[dict]:
         trainer.close()
 
 
-def exit_code_for_errors(fn: Callable[[], Any]) -> int:
-    """Run `fn`; a ConfigError / CheckpointError becomes one clear line on stderr and exit code 2."""
-    try:
-        fn()
-        return 0
-    except (ConfigError, ckpt.CheckpointError, FileNotFoundError) as e:
-        print(f"carebot: error: {e}", file=sys.stderr, flush=True)
-        return 2
-
-
 def stage_main(argv: list[str] | None, prog: str, doc: str, make_stage: Callable[[RunConfig], Stage]) -> int:
-    """The CLI of every training stage: `--config` recipe(s) + dotted overrides -> `run`, clear errors."""
+    """The CLI of every training stage: `--config` recipe(s) + dotted overrides -> `run`; a ConfigError /
+    CheckpointError / missing file is one line on stderr and exit code 2 (`carebot.cli.run`)."""
     import argparse
 
+    from carebot.cli import run as run_command
     from pretrain.config import load_config
 
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -399,7 +390,8 @@ def stage_main(argv: list[str] | None, prog: str, doc: str, make_stage: Callable
     ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train_steps=50")
     args = ap.parse_args(argv)
 
-    def go():
+    def go(_argv) -> int:
         cfg = load_config(args.config, args.overrides)
-        return run(cfg, make_stage(cfg))
-    return exit_code_for_errors(go)
+        run(cfg, make_stage(cfg))
+        return 0
+    return run_command(go, None, prog)

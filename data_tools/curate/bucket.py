@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import read_jsonl, write_json, write_jsonl
 from carebot.text import doc_text, lang_of
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hq-top-frac", type=float, default=None,
                     help="instead of a threshold: the top fraction of medical docs per language is HQ")
     ap.add_argument("--shard-docs", type=int, default=100_000)
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
 
     def recs() -> Iterable[dict]:
         for p in a.input:
@@ -76,3 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     m = bucketize(recs(), Path(a.out), a.hq_threshold, a.shard_docs, a.hq_top_frac)
     print(json.dumps({k: v["docs"] for k, v in m["buckets"].items()}))
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data bucket")

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import read_jsonl, write_json, write_jsonl
 from carebot.text import doc_text, lang_of
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=13)
     ap.add_argument("--bench", action="append", default=[], help="NAME=PATH, adds an eval set (e.g. cmmlu_med=...)")
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     benches = {k: str(data_dir() / v) for k, v in DEFAULT_BENCHMARKS.items()}
     for b in a.bench:
         if "=" not in b:
@@ -248,3 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     m = decontaminate([Path(p) for p in a.input], Path(a.out), idx, progress=not a.no_progress)
     print(f"removed {len(m['removed'])} docs;", {b: v["n"] for b, v in m["benchmarks"].items()})
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data decontam")

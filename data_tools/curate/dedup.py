@@ -15,6 +15,7 @@ from typing import Any
 from datasketch import MinHash, MinHashLSH
 
 from data_tools.curate.decontam import norm_units
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import read_jsonl, write_json, write_jsonl
 from carebot.text import doc_text
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", nargs="+", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threshold", type=float, default=DedupConfig.threshold)
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     recs: list[dict] = []
     for p in a.input:
         if not Path(p).exists():
@@ -73,3 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "summary.json", s)
     print(json.dumps(s))
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data dedup")

@@ -46,3 +46,9 @@ def apply(model_dir: Path, recs: list[dict], batch_size: int = 64, progress: boo
 
 def main(argv: list[str] | None = None) -> int:
     return E.head_main(argv, "carebot data domain", "the domain classifier", "label-field", "domain", str, train, apply)
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data domain")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pydantic
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import read_jsonl, write_json, write_jsonl
 from carebot.text import doc_text, lang_of
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--cache", default=None, help="SQLite cache (default OUT/llm_cache.sqlite)")
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     llm = LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, concurrency=a.concurrency, timeout_s=a.timeout,
@@ -176,3 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(summary, ensure_ascii=False))
     return 0 if not reasons.get("llm_failed") else 1
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data label")

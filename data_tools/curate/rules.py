@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_tools.curate import pii
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import write_json
 from carebot.text import doc_text
@@ -215,9 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-units", type=int, default=RulesConfig.min_units)
     ap.add_argument("--min-bad-hits", type=int, default=RulesConfig.min_bad_hits)
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     cfg = RulesConfig(pii=a.pii, min_units=a.min_units, min_bad_hits=a.min_bad_hits)
     print(json.dumps(asdict(cfg)))
     s = run([Path(p) for p in a.input], Path(a.out), cfg, a.workers, progress=not a.no_progress)
     print(json.dumps(s["totals"]), f"{s['docs_per_s']} docs/s")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data rules")

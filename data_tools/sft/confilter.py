@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import write_json, write_jsonl
 from data_tools.sft.formats import Dialogue, read_sft, render_chat, sft_to_record
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     if a.agg not in ("mean", "max") or not (a.tau_low <= a.tau_high):
         raise InputError("need tau_low <= tau_high")
     cfg = ConFilterConfig(model=a.model, reply_only=a.reply_only, tau_low=a.tau_low, tau_high=a.tau_high, agg=a.agg,
@@ -255,3 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     s = run(ds, out, cfg, progress=not a.no_progress)
     print(f"kept {s['kept']} / {s['multi_turn_scored']} multi-turn dialogues; report: {out / 'report.md'}")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data confilter")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import write_json, write_jsonl
 from data_tools.sft.formats import Dialogue, read_sft, sft_to_record
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     if a.top_frac is not None and not 0 <= a.top_frac <= 1:
         raise InputError("--top-frac must be in [0, 1]")
     cfg = DeitaConfig(complexity_model=a.complexity_model, quality_model=a.quality_model, max_len=a.max_len,
@@ -190,3 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     s = run(read_sft(a.input)[: a.limit], out, cfg, progress=not a.no_progress)
     print(f"kept {s['kept']} / {s['scored']} ({s['kept_frac']:.1%}); report: {out / 'report.md'}")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data deita")

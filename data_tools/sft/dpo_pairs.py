@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import pydantic
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import read_jsonl, write_json
 from carebot.text import lang_of
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=PAIR_FORMATS, default="trl")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     if not a.mcq and not a.sft:
         raise InputError("give --mcq and/or --sft inputs")
     out = Path(a.out)
@@ -216,3 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         f"```json\n{json.dumps(summary, indent=2)}\n```\n", encoding="utf-8")
     print(f"{len(obj)} objective + {len(subj)} subjective pairs -> {out / 'pairs.jsonl'}")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data dpo-pairs")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pydantic
 
+from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import read_jsonl, write_json, write_jsonl
 from carebot.text import lang_of
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="gpt-4o")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
     ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv)
     if not a.input and not a.rewrite:
         raise InputError("give --input and/or --rewrite files")
     benches = {}
@@ -207,3 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     s = build(a.input, a.rewrite, out, cfg, client, progress=not a.no_progress)
     print(f"{s['written']} dialogues -> {out / 'sft.jsonl'}; dropped {s['dropped']}")
     return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data sft-build")

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carebot.config import load_yaml, parse_command
+from carebot.errors import ConfigError, InputError
 from carebot.io import write_json
 from data_tools.tokens.manifest import MANIFEST_SUFFIX, load_manifest
 
@@ -22,7 +24,7 @@ DOMAINS = ("medical_hq", "medical", "general", "sft")  # medical_hq first: it al
 LANGS = ("zh", "en")
 
 
-class BlendError(ValueError):
+class BlendError(InputError, ValueError):
     """A blend that cannot be realised from the given data (empty bucket, too few tokens)."""
 
 
@@ -179,7 +181,7 @@ def _find_manifests(items: list[str]) -> list[str]:
         found = (sorted(str(q) for q in p.rglob("*" + MANIFEST_SUFFIX)) if p.is_dir()
                  else sorted(glob.glob(it)) if any(c in it for c in "*?[") else [it])
         if not found:
-            raise SystemExit(f"--manifests {it}: no *{MANIFEST_SUFFIX} found")
+            raise BlendError(f"--manifests {it}: no *{MANIFEST_SUFFIX} found")
         out += found
     return out
 
@@ -189,6 +191,24 @@ def _yaml(kind: str, data_path: list, shares: dict[str, float]) -> str:
     rows = "\n".join(f"  - {w!r}\n  - {json.dumps(p)}" for w, p in zip(data_path[0::2], data_path[1::2]))
     return (f"# carebot data blend --kind {kind}: Megatron weight/prefix pairs (token shares per bucket)\n{head}\n"
             f"data:\n  data_path:\n{rows}\n")
+
+
+def _recipe_tokens(recipe: str, steps: int | None, gbs: int | None, seq: int | None) -> tuple[int, int, int]:
+    """train_steps, global_batch_size, seq_length from a trainer recipe's YAML chain (read as YAML: data tools
+    sit below the trainer, so a value the chain leaves to the trainer's defaults must come as a flag)."""
+    try:
+        d = load_yaml(recipe)
+    except ConfigError as e:
+        raise ConfigError(f"--recipe {recipe}: {e}") from None
+    got = []
+    for flag, have, (sec, key) in (("--steps", steps, ("train", "train_steps")),
+                                   ("--global-batch-size", gbs, ("train", "global_batch_size")),
+                                   ("--seq-length", seq, ("data", "seq_length"))):
+        v = have or (d.get(sec) or {}).get(key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ConfigError(f"--recipe {recipe}: states no {sec}.{key} (its `base:` chain included); pass {flag}")
+        got.append(v)
+    return got[0], got[1], got[2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,18 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-epochs", type=float, default=1.0, help="fail if a bucket would be repeated more")
     ap.add_argument("--check", action="store_true", help="build megatron-core's BlendedDataset, report real shares")
     ap.add_argument("--check-samples", type=int, default=20000)
-    a = ap.parse_args(argv)
+    a = parse_command(ap, argv, save=lambda a: Path(a.out).with_name(Path(a.out).stem + ".blend.config.yaml"))
 
     if a.recipe:  # the step count the epochs check is about, from the trainer's recipe (its `base:` chain too)
-        from pretrain.config import ConfigError, load_config
-
-        try:
-            rc = load_config(a.recipe)
-        except ConfigError as e:
-            raise SystemExit(f"--recipe {a.recipe}: {e}") from None
-        a.steps = a.steps or rc.train.train_steps
-        a.global_batch_size = a.global_batch_size or rc.train.global_batch_size
-        a.seq_length = a.seq_length or rc.data.seq_length
+        a.steps, a.global_batch_size, a.seq_length = _recipe_tokens(a.recipe, a.steps, a.global_batch_size, a.seq_length)
     base = RECIPES[a.kind]
     lang_ratio = a.lang_ratio or base.lang_ratio
     if a.domain_lang_ratio:
@@ -229,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         buckets = plan(paths, a.kind, spec)
     except (BlendError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"blend: {e}") from None
+        raise BlendError(f"blend: {e}") from None
     data_path = solve_blend(paths, a.kind, spec)
     train_tokens = a.train_tokens or (a.steps * a.global_batch_size * a.seq_length
                                       if a.steps and a.global_batch_size and a.seq_length else None)
@@ -263,4 +275,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from carebot.cli import script
+
+    script(main, "carebot data blend")

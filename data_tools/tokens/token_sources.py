@@ -17,10 +17,12 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from carebot.errors import InputError
+
 MAX_EXAMPLES = 5  # bad lines quoted per file in the report
 
 
-class BadInput(ValueError):
+class BadInput(InputError, ValueError):
     """A bad record in --strict mode (or an unreadable file): the message starts with file:line."""
 
 

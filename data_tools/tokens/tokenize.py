@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from carebot.config import parse_command
+from carebot.errors import ConfigError, InputError
 from carebot.io import write_json
 from carebot.text import lang_codes
 from data_tools.tokens.encode import Encoder
@@ -75,12 +77,12 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         else:
             found = sorted(Path(q) for q in glob.glob(pat)) if any(c in pat for c in "*?[") else [p]
         if not found:
-            raise SystemExit(f"--input {pat}: no jsonl / jsonl.gz / parquet files found")
+            raise InputError(f"--input {pat}: no jsonl / jsonl.gz / parquet files found")
         for q in found:
             if not q.is_file():
-                raise SystemExit(f"--input {q}: file not found")
+                raise InputError(f"--input {q}: file not found")
             if not _is_shard(q):
-                raise SystemExit(f"--input {q}: not a .jsonl, .json, .jsonl.gz or .parquet file")
+                raise InputError(f"--input {q}: not a .jsonl, .json, .jsonl.gz or .parquet file")
         out += found
     return out
 
@@ -101,7 +103,7 @@ def make_renderer(tok_dir: Path, key: str):
 
     hf = load_tokenizer(tok_dir)
     if not hf.chat_template:
-        raise SystemExit(f"--chat: tokenizer {tok_dir} has no chat template")
+        raise ConfigError(f"--chat: tokenizer {tok_dir} has no chat template")
 
     def render(rec: dict) -> str:
         msgs = rec.get(key) if isinstance(rec.get(key), list) else rec.get("messages")
@@ -301,11 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    a = parse_command(build_parser(), argv, save=lambda a: f"{a.output_prefix}.tokenize.config.yaml")
     if a.split_sentences:
-        raise SystemExit("--split-sentences is not supported (CPT documents are kept whole); drop the flag")
+        raise ConfigError("--split-sentences is not supported (CPT documents are kept whole); drop the flag")
     if a.tokenizer_type.lower() not in ("huggingfacetokenizer", "hf"):
-        raise SystemExit(f"--tokenizer-type {a.tokenizer_type}: only HuggingFaceTokenizer is supported")
+        raise ConfigError(f"--tokenizer-type {a.tokenizer_type}: only HuggingFaceTokenizer is supported")
     if a.workers:  # gigatoken and tokenizers size their rayon pools from this at first use
         os.environ.setdefault("RAYON_NUM_THREADS", str(a.workers))
     cfg = TokenizeConfig(inputs=a.input, output_prefix=a.output_prefix, tokenizer=a.tokenizer, json_keys=a.json_keys,
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ms = run(cfg)
     except BadInput as e:
-        raise SystemExit(f"bad input: {e}") from None
+        raise BadInput(f"bad input: {e}") from None
     for m in ms.values():
         print(json.dumps({k: m[k] for k in ("prefix", "documents", "tokens", "lang", "engine", "skipped", "wall_s")},
                          ensure_ascii=False))
@@ -324,4 +326,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from carebot.cli import script
+
+    script(main, "carebot data tokenize")

@@ -4,19 +4,31 @@ import json
 
 import pytest
 
+from carebot.errors import InputError
 from eval import benchmarks as B
 from eval.contamination import ContaminationError, check_contamination, manifest_benchmark
 
 
+def _raw(data_root, name):
+    """The records of a benchmark's file under data_root, read apart from the loader."""
+    return [json.loads(x) for x in (data_root / B.get_spec(name).path).read_text(encoding="utf-8").split("\n") if x.strip()]
+
+
 def test_real_files_sizes_and_filters(data_root):
-    assert len(B.load_benchmark("medqa")) == 1273
+    # Every record of the file in use loads (../shared/data: MedQA 1273, MMLU-Med 1089 (anatomy 135), MedMCQA 4183,
+    # PubMedQA 500 test of 1000; samples/: every subject and both PubMedQA splits, fewer items).
+    raw = {n: _raw(data_root, n) for n in ("medqa", "mmlu_med", "medmcqa", "pubmedqa")}
+    assert len(B.load_benchmark("medqa")) == len(raw["medqa"])
     mm = B.load_benchmark("mmlu_med")
-    assert len(mm) == 1089 and {it.subject for it in mm} == set(B.MMLU_MED)
-    assert len(B.load_benchmark("medmcqa")) == 4183
+    assert len(mm) == len(raw["mmlu_med"]) and {it.subject for it in mm} == set(B.MMLU_MED)
+    assert len(B.load_benchmark("medmcqa")) == len(raw["medmcqa"])
     pq = B.load_benchmark("pubmedqa")  # the paper's 500 test questions, not the 500 trainval
-    assert len(pq) == 500 and all(it.split == "test" and it.context for it in pq)
+    n_test = sum(r["split"] == "test" for r in raw["pubmedqa"])
+    assert 0 < n_test < len(raw["pubmedqa"]) and len(pq) == n_test
+    assert all(it.split == "test" and it.context for it in pq)
     assert {it.options[it.answer] for it in pq} == {"yes", "no", "maybe"}
-    assert len(B.load_benchmark("mmlu_med", subjects=("anatomy",))) == 135
+    n_anatomy = sum(r["subject"] == "anatomy" for r in raw["mmlu_med"])
+    assert 0 < n_anatomy < len(raw["mmlu_med"]) and len(B.load_benchmark("mmlu_med", subjects=("anatomy",))) == n_anatomy
     with pytest.raises(B.BenchmarkError, match="no local copy"):
         B.load_benchmark("cmb")
 
@@ -110,5 +122,5 @@ def test_contamination_guard(tmp_path):
     assert check_contamination(tmp_path, ["mmlu_med", "cmb"], "error")["overlap"] == {}  # n == 0, CMB-Clin != CMB
     assert check_contamination(tmp_path, ["medqa"], "off")["checked"] is False
     (tmp_path / "bad.json").write_text("[]")
-    with pytest.raises(SystemExit, match="expected"):
+    with pytest.raises(InputError, match="expected"):
         check_contamination("nowhere", ["medqa"], "error", tmp_path / "bad.json")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carebot.errors import ConfigError, InputError
 from carebot.text import lang_code, lang_codes
 from data_tools.tokens.tokenize import TokenizeConfig, main, run
 
@@ -164,7 +165,7 @@ def test_bad_input_counted_and_strict(tmp_path, llama3_tokenizer_dir, llama3_tok
     ex = m["shards"][0]["examples"]
     assert f"{bad}:2: invalid_utf8" in ex and f"{bad}:3: malformed_json" in ex
     assert read_back(m["prefix"])[1] == llama3_tokenizer("good two 中文")["input_ids"] + [EOD]
-    with pytest.raises(SystemExit, match=rf"{bad}:2: invalid_utf8"):
+    with pytest.raises(InputError, match=rf"{bad}:2: invalid_utf8"):
         main(["--input", str(bad), "--output-prefix", str(tmp_path / "s"), "--tokenizer", str(llama3_tokenizer_dir),
               "--strict"])
     # Arrow fast path (clean chunk) reports empty / missing rows with the right line numbers too.
@@ -193,7 +194,7 @@ def test_megatron_flags_gz_parquet_and_no_bos(tmp_path, data_root, llama3_tokeni
     ref = [llama3_tokenizer(t, add_special_tokens=False)["input_ids"] + [EOD] for t in texts]
     for p in ("a", "b", "c"):
         assert read_back(str(tmp_path / f"{p}_content_document")) == ref
-    with pytest.raises(SystemExit, match="split-sentences"):
+    with pytest.raises(ConfigError, match="split-sentences"):
         main(["--input", str(src), "--output-prefix", str(tmp_path / "x"), "--tokenizer", "x", "--split-sentences"])
 
 
