@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignment.sft import render_dialogue, shift, split_valid, stage_args
+from alignment.chat_data import render_dialogue, shift, split_valid, stage_args
 from data_tools.sft.formats import read_pairs
 from pretrain import checkpoint as ckpt
 from pretrain.config import ConfigError, RunConfig

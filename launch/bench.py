@@ -13,7 +13,6 @@ torch's FlopCounterMode, an independent check of the formula. JSON + Markdown un
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from carebot.io import write_json
 from pretrain.config import ConfigError, load_config
 from carebot.hardware import device_peak
 from pretrain.trainer import Stage
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(r, indent=1))
+        write_json(out / "bench.json", r)
         (out / "bench.md").write_text(md)
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from carebot.io import write_json
 from pretrain import checkpoint as ckpt
 from pretrain.config import ModelConfig, ParallelConfig, load_config
 from pretrain.llama_mapping import (DTYPES, DTYPE_NAMES, HF_DTYPE_NAMES, ConvertError, HFWeights, dims,  # noqa: F401
@@ -211,7 +212,7 @@ def hf_to_megatron(hf_dir: Path, out: Path, tensor: int, pipeline: int, dtype: s
                     f"parallel.tensor={tensor}", f"parallel.pipeline={pipeline}"])
     summary = {"checkpoint": str(it), "vocab_size": vocab, "padded_vocab_size": padded, "dtype": DTYPE_NAMES[tdtype],
                "num_tensors": len(done), "pretrain_overrides": overrides}
-    (out / "convert.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "convert.json", summary)
     return summary
 
 
@@ -276,5 +277,5 @@ def megatron_to_hf(src: str | Path, out: Path, dtype: str = "auto", config: str 
     os.replace(tmp, out)
     summary = {"hf_dir": str(out), "checkpoint": str(it), "shards": files, "num_tensors": len(tensors),
                "vocab_size": vocab, "padded_vocab_removed": rows - vocab, "dtype": HF_DTYPE_NAMES[tdtype]}
-    (out / "convert.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "convert.json", summary)
     return summary

@@ -11,16 +11,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from carebot.io import write_json
 from pretrain.config import ConfigError, ParallelConfig
 
 
 def default_texts(n: int) -> list[str]:
-    """Real zh + en paragraphs not used by the CPT test fixtures (cmrc2018 zh; the tail of wikitext en)."""
+    """Real zh + en paragraphs from data_dir(): the last 50 of cmrc2018 zh and of wikitext en (on ../shared/data
+    beyond the 600 docs the CPT test fixtures take; samples/ carries 300 of each)."""
     from carebot.paths import data_dir
 
+    def tail(name: str) -> list[str]:  # split on "\n" only: splitlines() also breaks at U+2028 inside a record
+        lines = [x for x in (root / name).read_text(encoding="utf-8").split("\n") if x.strip()]
+        return [json.loads(x)["text"] for x in lines[-50:]]
+
     root = data_dir() / "general"
-    zh = [json.loads(x)["text"] for x in (root / "cmrc2018_wiki_paragraphs_zh.jsonl").read_text().splitlines()[-50:]]
-    en = [json.loads(x)["text"] for x in (root / "wikitext2_paragraphs_en.jsonl").read_text().splitlines()[-50:]]
+    zh, en = tail("cmrc2018_wiki_paragraphs_zh.jsonl"), tail("wikitext2_paragraphs_en.jsonl")
     out = []
     for a, b in zip(zh, en):
         out += [a, b]
@@ -167,6 +172,5 @@ def verify(args) -> dict:
     summary = {"ok": ok, "atol": args.atol, "hf": str(args.hf), "megatron": str(it), "texts": len(encoded),
                "tokens": [e.shape[1] for e in encoded], "layouts": results}
     if args.summary:
-        args.summary.parent.mkdir(parents=True, exist_ok=True)
-        args.summary.write_text(json.dumps(summary, indent=1))
+        write_json(args.summary, summary)
     return summary

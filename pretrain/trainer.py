@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from carebot.io import write_text
 from carebot.hardware import cuda_peak
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
@@ -148,9 +148,7 @@ class Trainer:
         lines = path.read_text().splitlines(True)
         keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= self.iteration]
         if len(keep) != len(lines):
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(keep))
-            os.replace(tmp, path)
+            write_text(path, "".join(keep))
             print(f"[carebot] metrics.jsonl: dropped {len(lines) - len(keep)} row(s) past step {self.iteration}, "
                   "logged before a crash; those steps run again", flush=True)  # not _log0: may not be rank 0
 

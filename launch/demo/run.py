@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from carebot.io import write_json, write_text
 from carebot.paths import data_dir
 from launch.demo.context import Ctx
 from launch.demo.curation_steps import (s_blend, s_bucket, s_corpus, s_datarater, s_decontam, s_dedup, s_domain,
@@ -56,8 +57,8 @@ def report(ctx: Ctx, timings: dict) -> Path:
           f"({'a local rule-based labeler / judge' if ctx.local_llm else 'as given'}); total {total / 60:.1f} min\n\n"
           "| # | step | seconds | outputs |\n|---|---|---|---|\n" + rows
           + f"\nEvaluation report (Table-1 layout, t-tests, plots): `{ctx.out / 'eval' / 'report' / 'report.md'}`\n")
-    (ctx.out / "report.md").write_text(md, encoding="utf-8")
-    (ctx.out / "report.json").write_text(json.dumps({"counts": ctx.counts, "seconds": timings}, indent=2))
+    write_text(ctx.out / "report.md", md)
+    write_json(ctx.out / "report.json", {"counts": ctx.counts, "seconds": timings})
     return ctx.out / "report.md"
 
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx.counts[name] = fn(ctx)
             timings[name] = time.time() - t0
             ctx.d(name)
-            done.write_text(json.dumps({"outputs": ctx.counts[name], "seconds": timings[name]}))
+            write_json(done, {"outputs": ctx.counts[name], "seconds": timings[name]})
             print(f"[demo {i + 1:>2}/{len(STEPS)}] {name}: {ctx.counts[name]} ({timings[name]:.1f} s)", flush=True)
     finally:
         if server:

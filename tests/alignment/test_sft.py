@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from alignment.sft import SFTDataset, read_dialogues, render_dialogue, shift, tokenize_dialogues
+from alignment.chat_data import render_dialogue, shift
+from alignment.sft import SFTDataset, read_dialogues, tokenize_dialogues
 from tests.helpers import metrics, run_stage
 
 
@@ -120,9 +121,9 @@ def test_bad_dialogue_file_is_one_clear_line(tmp_path, tiny_base, capsys):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"messages": 3}\n')
-    with pytest.raises(SystemExit) as e:
-        main(["--config", "tiny_sft.yaml", f"output_dir={tmp_path}", *tiny_base, f"data.data_path=[{bad}]"])
-    assert f"{bad}:2" in str(e.value)
+    assert main(["--config", "tiny_sft.yaml", f"output_dir={tmp_path}", *tiny_base, f"data.data_path=[{bad}]"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert main(["--config", "tiny_sft.yaml", f"output_dir={tmp_path}", *tiny_base,
                  "data.data_path=[/nonexistent.jsonl]"]) == 2
     assert "SFT data file not found: /nonexistent.jsonl" in capsys.readouterr().err
