@@ -7,7 +7,9 @@ import random
 
 import numpy as np
 
-from pretrain.config import ConfigError, RunConfig, from_dict
+from carebot.config import from_dict
+from carebot.errors import ConfigError
+from carebot.run_config import RunConfig
 
 
 def render_dialogue(tokenizer, messages: list[dict], only_last: bool = False) -> tuple[list[int], list[bool]]:

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from alignment.chat_data import render_dialogue, shift, split_valid, stage_args
 from data_tools.sft.formats import read_pairs
 from pretrain import checkpoint as ckpt
-from pretrain.config import ConfigError, RunConfig
+from carebot.errors import ConfigError
+from carebot.run_config import RunConfig
 from pretrain.trainer import Stage, stage_main
 
 LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")

@@ -17,7 +17,8 @@ import torch
 
 from data_tools.sft.formats import read_sft
 from alignment.chat_data import render_dialogue, shift, split_valid, stage_args
-from pretrain.config import ConfigError, RunConfig
+from carebot.errors import ConfigError
+from carebot.run_config import RunConfig
 from pretrain.trainer import Stage, stage_main
 
 

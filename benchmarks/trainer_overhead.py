@@ -50,7 +50,7 @@ def main() -> None:
 
     import torch
 
-    from pretrain.config import load_config
+    from carebot.run_config import load_config
     from pretrain.model import build_model
     from pretrain.train import CPT
     from pretrain.trainer import Trainer

@@ -16,41 +16,49 @@ from carebot.errors import CareBotError, one_line
 # What the command line reports as one line + exit 2: the stack's own errors and a missing file.
 USER_ERRORS: tuple[type[BaseException], ...] = (CareBotError, FileNotFoundError)
 
-# name -> (module:function, one-line help). Imported lazily: `carebot --help` stays fast.
+# THE command table: the words a user types -> (module:function, one-line help). Modules are named as strings
+# and imported only when their command runs (`carebot --help` stays fast, and this layer imports no stage).
 COMMANDS: dict[str, tuple[str, str]] = {
+    "data rules": ("data_tools.curate.rules:main", "bilingual rule filters + PII scrub"),
+    "data label": ("data_tools.curate.label:main", "LLM labels (domain, quality), two rounds, keep consistent"),
+    "data domain": ("data_tools.curate.domain:main", "train / apply the domain classifier"),
+    "data datarater": ("data_tools.curate.datarater:main", "train / apply the DataRater quality regressor (0-5)"),
+    "data decontam": ("data_tools.curate.decontam:main", "n-gram decontamination against every eval set"),
+    "data dedup": ("data_tools.curate.dedup:main", "MinHash near-duplicate removal"),
+    "data bucket": ("data_tools.curate.bucket:main", "split curated docs into {medical,general,medical_hq} x {zh,en}"),
+    "data tokenize": ("data_tools.tokens.tokenize:main", "jsonl/parquet -> Megatron .bin/.idx (+ manifest)"),
+    "data blend": ("data_tools.tokens.blend:main", "solve Stable / Boost blend weights from token manifests"),
+    "data sft-build": ("data_tools.sft.sft_build:main", "merge, clean and decontaminate SFT dialogues"),
+    "data deita": ("data_tools.sft.deita:main", "Deita complexity x quality scores"),
+    "data confilter": ("data_tools.sft.confilter:main", "ConFilter CF = L(t|H)/L(t) for multi-turn dialogues"),
+    "data dpo-pairs": ("data_tools.sft.dpo_pairs:main", "objective (MCQ) and subjective (judge) DPO pairs"),
     "pretrain": ("pretrain.train:main", "continued pre-training (Stable / Boost CPT) on megatron-core"),
+    "convert": ("pretrain.convert_cli:main", "HF <-> Megatron checkpoints (hf-to-megatron | megatron-to-hf | verify)"),
     "sft": ("alignment.sft:main", "supervised fine-tuning, loss on assistant tokens only"),
     "dpo": ("alignment.dpo:main", "direct preference optimisation (dpo / ipo / rpo)"),
-    "convert": ("pretrain.convert_cli:main", "HF <-> Megatron checkpoints (hf-to-megatron | megatron-to-hf | verify)"),
-    "eval": ("eval.cli:main", "evaluation (mcq | judge | report)"),
+    "eval mcq": ("eval.mcq:main", "seven medical MCQ benchmarks (log-likelihood / generation), N seeds"),
+    "eval judge": ("eval.judge:main", "LLM-judged consultation (consult: per turn; pairwise: A/B swap)"),
+    "eval report": ("eval.report:main", "Table-1 layout across models, paired t-tests, PNG plots"),
     "launch": ("launch.slurm_cli:main", "render / submit SLURM jobs and the stage chain"),
     "bench": ("launch.bench:main", "throughput benchmark: tokens/s/GPU, TFLOP/s, MFU"),
     "demo": ("launch.demo.run:main", "the whole pipeline on real data with tiny models on CPU"),
 }
-DATA_COMMANDS: dict[str, tuple[str, str]] = {
-    "rules": ("data_tools.curate.rules:main", "bilingual rule filters + PII scrub"),
-    "label": ("data_tools.curate.label:main", "LLM labels (domain, quality), two rounds, keep consistent"),
-    "domain": ("data_tools.curate.domain:main", "train / apply the domain classifier"),
-    "datarater": ("data_tools.curate.datarater:main", "train / apply the DataRater quality regressor (0-5)"),
-    "decontam": ("data_tools.curate.decontam:main", "n-gram decontamination against every eval set"),
-    "dedup": ("data_tools.curate.dedup:main", "MinHash near-duplicate removal"),
-    "bucket": ("data_tools.curate.bucket:main", "split curated docs into {medical,general,medical_hq} x {zh,en} shards"),
-    "tokenize": ("data_tools.tokens.tokenize:main", "jsonl/parquet -> Megatron .bin/.idx (+ manifest)"),
-    "blend": ("data_tools.tokens.blend:main", "solve Stable / Boost blend weights from token manifests"),
-    "sft-build": ("data_tools.sft.sft_build:main", "merge, clean and decontaminate SFT dialogues"),
-    "deita": ("data_tools.sft.deita:main", "Deita complexity x quality scores"),
-    "confilter": ("data_tools.sft.confilter:main", "ConFilter CF = L(t|H)/L(t) for multi-turn dialogues"),
-    "dpo-pairs": ("data_tools.sft.dpo_pairs:main", "objective (MCQ) and subjective (judge) DPO pairs"),
-}
 
 
-def _usage() -> str:
-    w = max(map(len, list(COMMANDS) + list(DATA_COMMANDS))) + 7
-    lines = ["usage: carebot <stage> [args]  (carebot <stage> --help for its options)", "", "stages:"]
-    lines += [f"  {k:<{w}}{h}" for k, (_, h) in COMMANDS.items()]
-    lines += ["", "data tools (carebot data <tool>):"]
-    lines += [f"  data {k:<{w - 5}}{h}" for k, (_, h) in DATA_COMMANDS.items()]
-    return "\n".join(lines)
+def _usage(group: str | None = None) -> str:
+    names = [k for k in COMMANDS if group is None or k.startswith(group + " ")]
+    w = max(map(len, names)) + 2
+    head = f"usage: carebot {group + ' ' if group else ''}<command> [args]  (carebot <command> --help for its options)"
+    return "\n".join([head, "", "commands:"] + [f"  {k:<{w}}{COMMANDS[k][1]}" for k in names])
+
+
+def resolve(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(command, its arguments): the longest command-table key the first words of argv spell."""
+    for n in (2, 1):
+        key = " ".join(argv[:n])
+        if len(argv) >= n and key in COMMANDS:
+            return key, argv[n:]
+    return None, argv
 
 
 def run(main_fn: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "carebot") -> int:
@@ -80,22 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
-    stage, rest = argv[0], argv[1:]
-    if stage == "data":
-        if not rest or rest[0] in ("-h", "--help"):
-            print(_usage())
+    command, rest = resolve(argv)
+    if command is None:
+        groups = {k.split()[0] for k in COMMANDS if " " in k}
+        if argv[0] in groups and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+            print(_usage(argv[0]))
             return 0
-        table, stage, rest = DATA_COMMANDS, rest[0], rest[1:]
-        prog = f"carebot data {stage}"
-    else:
-        table = COMMANDS
-        prog = f"carebot {stage}"
-        if stage == "eval" and rest and not rest[0].startswith("-"):  # eval dispatches once more
-            prog += f" {rest[0]}"
-    if stage not in table:
-        print(f"carebot: unknown stage '{stage}'\n\n{_usage()}", file=sys.stderr)
+        print(f"carebot: unknown command '{' '.join(argv[:2] if argv[0] in groups else argv[:1])}'\n\n"
+              f"{_usage(argv[0] if argv[0] in groups else None)}", file=sys.stderr)
         return 2
-    return _call(table[stage][0], rest, prog)
+    return _call(COMMANDS[command][0], rest, f"carebot {command}")
 
 
 if __name__ == "__main__":

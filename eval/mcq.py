@@ -16,7 +16,6 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path

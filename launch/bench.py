@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from carebot.io import write_json
-from pretrain.config import ConfigError, load_config
+from carebot.errors import ConfigError
+from carebot.run_config import load_config
 from carebot.hardware import device_peak
 from pretrain.trainer import Stage
 

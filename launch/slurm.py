@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pretrain.config import ConfigError, RunConfig, load_config
+from carebot.errors import ConfigError
+from carebot.run_config import RunConfig, load_config
 
 TEMPLATES = Path(__file__).parent / "templates"
 TRAIN_COMMANDS = {"cpt": "pretrain", "sft": "sft", "dpo": "dpo"}  # RunConfig.stage -> carebot command

@@ -16,7 +16,7 @@ from pathlib import Path
 from launch.pipeline import PIPELINE, STAGES, StageSpec, checkpoint_dir, plan
 from launch.slurm import (Rendered, SlurmConfig, after_run, render_array, render_task, render_train, sbatch,
                           unfinished, write_script)
-from pretrain.config import ConfigError
+from carebot.errors import ConfigError
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -23,7 +23,7 @@ import torch
 
 from carebot.io import write_json
 from pretrain import checkpoint as ckpt
-from pretrain.config import ModelConfig, ParallelConfig, load_config
+from carebot.run_config import ModelConfig, ParallelConfig, load_config
 from pretrain.llama_mapping import (DTYPES, DTYPE_NAMES, HF_DTYPE_NAMES, ConvertError, HFWeights, dims,  # noqa: F401
                                     expand_rows, hf_config_from_model, model_config_from_hf, read_hf_config)
 from pretrain.model import check_model_config, padded_vocab_size

@@ -12,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 from carebot.io import write_json
-from pretrain.config import ConfigError, ParallelConfig
+from carebot.errors import ConfigError
+from carebot.run_config import ParallelConfig
 
 
 def default_texts(n: int) -> list[str]:

@@ -9,7 +9,8 @@ import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-from pretrain.config import ConfigError, RunConfig
+from carebot.errors import ConfigError
+from carebot.run_config import RunConfig
 
 
 def parse_data_path(data_path: Sequence) -> tuple[list[str], list[float] | None]:

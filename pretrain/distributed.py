@@ -11,7 +11,8 @@ from megatron.core import parallel_state as mpu
 from megatron.core import tensor_parallel
 
 from pretrain import megatron_cpu
-from pretrain.config import ConfigError, ParallelConfig
+from carebot.errors import ConfigError
+from carebot.run_config import ParallelConfig
 
 
 def _free_port() -> int:

@@ -10,7 +10,8 @@ from typing import Callable
 
 import torch
 
-from pretrain.config import ConfigError, ModelConfig
+from carebot.errors import ConfigError
+from carebot.run_config import ModelConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}

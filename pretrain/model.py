@@ -9,7 +9,8 @@ from megatron.core import parallel_state as mpu
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer import TransformerConfig
 
-from pretrain.config import ConfigError, ModelConfig, ParallelConfig
+from carebot.errors import ConfigError
+from carebot.run_config import ModelConfig, ParallelConfig
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:

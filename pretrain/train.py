@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from pretrain.config import RunConfig
+from carebot.run_config import RunConfig
 from pretrain.data import build_gpt_datasets
 from pretrain.trainer import Stage, stage_main
 

@@ -26,7 +26,9 @@ from carebot.io import write_text
 from carebot.hardware import cuda_peak
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
-from pretrain.config import ConfigError, RunConfig, dump, to_dict
+from carebot.config import dump, to_dict
+from carebot.errors import ConfigError
+from carebot.run_config import RunConfig
 from pretrain.data import collate, parse_data_path, step_microbatches
 from pretrain.model import build_model, check_model_config, flops_per_token
 from carebot.tokenizer import MegatronTokenizerAdapter, load_tokenizer
@@ -381,7 +383,7 @@ def stage_main(argv: list[str] | None, prog: str, doc: str, make_stage: Callable
     import argparse
 
     from carebot.cli import run as run_command
-    from pretrain.config import load_config
+    from carebot.run_config import load_config
 
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, nargs="+", help="recipe YAML(s), merged left to right")

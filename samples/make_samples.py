@@ -62,7 +62,7 @@ def main(src: Path, mmlu: Path | None) -> None:
     for rel, n in TAKE.items():
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         k = STRIDE.get(rel, 1)
-        lines = (src / rel).read_text(encoding="utf-8").splitlines()[::k][:n]
+        lines = [x for x in (src / rel).read_text(encoding="utf-8").split("\n") if x.strip()][::k][:n]  # not splitlines: U+2028 in text
         (out / rel).write_text("\n".join(lines) + "\n", encoding="utf-8")
         note = src / rel.replace(".jsonl", ".SOURCE.md")
         which = f"the first {len(lines)} items" if k == 1 else f"{len(lines)} items, every {k}th"

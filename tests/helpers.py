@@ -47,7 +47,8 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
 
 
 def corpus_texts(root: Path, per_file: int = 1500) -> list[str]:
-    """Real bilingual text (medical + general, zh + en) from shared/data."""
+    """Real bilingual text (medical + general, zh + en) from data_dir() (`root`): the first `per_file` records of
+    each file, or all of a smaller one (samples/ carries 300 each)."""
     files = {"dialogue/medquad_en_sample.jsonl": ("question", "answer"),
              "dialogue/huatuo26m_test_sample.jsonl": ("question", "answer"),
              "general/wikitext2_paragraphs_en.jsonl": ("text",),

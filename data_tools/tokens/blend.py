@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carebot.config import load_yaml, parse_command
+from carebot.config import parse_command
+from carebot.run_config import load_config
 from carebot.errors import ConfigError, InputError
 from carebot.io import write_json
 from data_tools.tokens.manifest import MANIFEST_SUFFIX, load_manifest
@@ -194,21 +195,13 @@ def _yaml(kind: str, data_path: list, shares: dict[str, float]) -> str:
 
 
 def _recipe_tokens(recipe: str, steps: int | None, gbs: int | None, seq: int | None) -> tuple[int, int, int]:
-    """train_steps, global_batch_size, seq_length from a trainer recipe's YAML chain (read as YAML: data tools
-    sit below the trainer, so a value the chain leaves to the trainer's defaults must come as a flag)."""
+    """train_steps, global_batch_size, seq_length of a trainer recipe (its `base:` chain and the run defaults
+    resolved, as the trainer resolves them); a flag given on the command line wins."""
     try:
-        d = load_yaml(recipe)
+        rc = load_config(recipe)
     except ConfigError as e:
         raise ConfigError(f"--recipe {recipe}: {e}") from None
-    got = []
-    for flag, have, (sec, key) in (("--steps", steps, ("train", "train_steps")),
-                                   ("--global-batch-size", gbs, ("train", "global_batch_size")),
-                                   ("--seq-length", seq, ("data", "seq_length"))):
-        v = have or (d.get(sec) or {}).get(key)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise ConfigError(f"--recipe {recipe}: states no {sec}.{key} (its `base:` chain included); pass {flag}")
-        got.append(v)
-    return got[0], got[1], got[2]
+    return steps or rc.train.train_steps, gbs or rc.train.global_batch_size, seq or rc.data.seq_length
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = _find_manifests(a.manifests)
     try:
         buckets = plan(paths, a.kind, spec)
-    except (BlendError, FileNotFoundError, ValueError) as e:
-        raise BlendError(f"blend: {e}") from None
+    except BlendError:
+        raise
+    except (FileNotFoundError, ValueError) as e:  # a missing or unfinished tokenize manifest
+        raise BlendError(str(e)) from None
     data_path = solve_blend(paths, a.kind, spec)
     train_tokens = a.train_tokens or (a.steps * a.global_batch_size * a.seq_length
                                       if a.steps and a.global_batch_size and a.seq_length else None)

@@ -189,8 +189,8 @@ def _drop_null_and_empty(cols: dict[str, pa.Array], first_line: int, stats: File
     return {k: c.filter(mask) for k, c in cols.items()}
 
 
-def iter_jsonl(path: Path, keys: list[str], stats: FileStats, chunk_bytes: int = 32 << 20, strict: bool = False,
-               render: Callable[[dict], str] | None = None) -> Iterator[dict[str, pa.Array]]:
+def jsonl_columns(path: Path, keys: list[str], stats: FileStats, chunk_bytes: int = 32 << 20, strict: bool = False,
+                  render: Callable[[dict], str] | None = None) -> Iterator[dict[str, pa.Array]]:
     """Yield {key: Arrow string array} per chunk of a .jsonl / .jsonl.gz file; bad records go to `stats`."""
     h = hashlib.sha256()
     line = 1
@@ -208,8 +208,8 @@ def iter_jsonl(path: Path, keys: list[str], stats: FileStats, chunk_bytes: int =
     stats.sha256 = h.hexdigest()
 
 
-def iter_parquet(path: Path, keys: list[str], stats: FileStats, chunk_bytes: int = 32 << 20,
-                 strict: bool = False) -> Iterator[dict[str, pa.Array]]:
+def parquet_columns(path: Path, keys: list[str], stats: FileStats, chunk_bytes: int = 32 << 20,
+                    strict: bool = False) -> Iterator[dict[str, pa.Array]]:
     """Yield {key: Arrow string array} per row batch of a parquet file; rows are numbered from 1 like lines."""
     import pyarrow.parquet as pq
 

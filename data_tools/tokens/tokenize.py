@@ -23,6 +23,7 @@ from carebot.config import parse_command
 from carebot.errors import ConfigError, InputError
 from carebot.io import write_json
 from carebot.text import lang_codes
+from data_tools.sft.formats import sft_from_record
 from data_tools.tokens.encode import Encoder
 from data_tools.tokens.manifest import optimal_dtype, write_index
 
@@ -106,14 +107,18 @@ def make_renderer(tok_dir: Path, key: str):
         raise ConfigError(f"--chat: tokenizer {tok_dir} has no chat template")
 
     def render(rec: dict) -> str:
-        msgs = rec.get(key) if isinstance(rec.get(key), list) else rec.get("messages")
-        if msgs is None and isinstance(rec.get("conversations"), list):
-            msgs = ([{"role": "system", "content": rec["system"]}] if rec.get("system") else []) + [
-                {"role": "user" if m["from"].lower() in ("user", "human") else "assistant", "content": m["value"]}
-                for m in rec["conversations"]]
-        if msgs is None and "question" in rec and "answer" in rec:
+        """A dialogue in any dialect `data_tools.sft.formats` reads (OpenAI `messages`, also under `key`; NeMo
+        `conversations`), or a single-turn {question, answer}."""
+        if isinstance(rec.get(key), list) and key != "messages":
+            rec = {**rec, "messages": rec[key]}
+        if "messages" in rec or "conversations" in rec:
+            try:
+                msgs = sft_from_record(rec).chat_messages()
+            except InputError as e:
+                raise ValueError(str(e)) from None  # counted per file:line as not_a_dialogue
+        elif "question" in rec and "answer" in rec:
             msgs = [{"role": "user", "content": rec["question"]}, {"role": "assistant", "content": rec["answer"]}]
-        if not msgs or not all(isinstance(m.get("content"), str) and m.get("role") for m in msgs):
+        else:
             raise KeyError("no messages / conversations / question+answer")
         return hf.apply_chat_template(msgs, tokenize=False)
 
@@ -135,11 +140,11 @@ def _sample(files: list[Path], keys: list[str], render, n: int) -> list[str]:
 
 
 def _iter_shard(f: Path, keys, stats, chunk: int, strict: bool, render):
-    from data_tools.tokens.token_sources import iter_jsonl, iter_parquet
+    from data_tools.tokens.token_sources import jsonl_columns, parquet_columns
 
     if f.name.endswith(".parquet"):
-        return iter_parquet(f, keys, stats, chunk, strict)
-    return iter_jsonl(f, keys, stats, chunk, strict, render)
+        return parquet_columns(f, keys, stats, chunk, strict)
+    return jsonl_columns(f, keys, stats, chunk, strict, render)
 
 
 def out_prefix(cfg: TokenizeConfig, key: str) -> str:

@@ -40,7 +40,7 @@ def write(path: Path, text: str) -> str:
 
 
 def test_precedence_defaults_yaml_flags_overrides(tmp_path):
-    base = write(tmp_path / "base.yaml", "n: 4\nrate: 0.25\nmode: b\n")
+    write(tmp_path / "base.yaml", "n: 4\nrate: 0.25\nmode: b\n")
     cfg = write(tmp_path / "c.yaml", f"base: base.yaml\ntask: consult\ninput: [a.jsonl]\nout: {tmp_path / 'o'}\n"
                                       "n: 5\njudge: {model: local}\nseeds: [0, 1]\nbench: {medqa: /m}\n")
     a = parse_command(toy(), ["--config", cfg, "--n", "6", "--input", "x.jsonl", "y.jsonl", "rate=0.75", "fast=true"])
@@ -129,7 +129,7 @@ def test_eval_report_yaml_override_round_trip(tmp_path):
     run.mkdir()
     bench = {b: {"acc_mean": acc, "acc_std": 0.01} for b, acc in (("medqa", 0.5), ("mmlu_med", 0.6))}
     (run / "mcq_summary.json").write_text(json.dumps({"model": "m", "model_dir": "/m", "benchmarks": bench}))
-    base = write(tmp_path / "base.yaml", "alpha: 0.01\nbaselines: paper\n")
+    write(tmp_path / "base.yaml", "alpha: 0.01\nbaselines: paper\n")
     cfg = write(tmp_path / "report.yaml", f"base: base.yaml\nruns: [{run}]\nout: {tmp_path / 'r1'}\n")
     assert main(["--config", cfg, "alpha=0.1"]) == 0
     saved = yaml.safe_load((tmp_path / "r1" / "report.config.yaml").read_text())

@@ -2,7 +2,7 @@
 
 lm-eval runs offline on local files: its own task YAMLs (and preprocess functions) for medqa_4options,
 mmlu_<medical subject> and pubmedqa, copied with `dataset_path: json` pointed at the real items of
-the full data sets converted to each task's hub schema."""
+data_dir() (../shared/data, or samples/ in a bare clone) converted to each task's hub schema."""
 import json
 import re
 import shutil
@@ -18,13 +18,14 @@ lm_eval = pytest.importorskip("lm_eval", reason="lm-eval==0.4.13 not installed (
 pytest.importorskip("accelerate", reason="lm-eval's HFLM needs accelerate (pip install accelerate)")
 
 SMALL = {"medqa": 16, "mmlu_med": 3, "pubmedqa": 6}  # mmlu_med: per subject (6 subjects)
-LARGE = {"medqa": 200, "mmlu_med": 20, "pubmedqa": 100}
+LARGE = {"medqa": 200, "mmlu_med": 20, "pubmedqa": 100}  # at most: samples/ has 49 PubMedQA test items
 
 
 def _items(N):
     out = {"medqa": B.load_benchmark("medqa", limit=N["medqa"]), "pubmedqa": B.load_benchmark("pubmedqa", limit=N["pubmedqa"])}
     mm = B.load_benchmark("mmlu_med")
     out["mmlu_med"] = [it for s in B.MMLU_MED for it in [x for x in mm if x.subject == s][:N["mmlu_med"]]]
+    assert {it.subject for it in out["mmlu_med"]} == set(B.MMLU_MED) and all(out.values())
     return out
 
 
@@ -117,4 +118,4 @@ def _parity(tiny_llama3_lm_dir, tmp_path, N):
             assert sum(r["correct"] for r in mine) / len(mine) == agg["acc,none"]
             if "acc_norm,none" in agg:
                 assert sum(r["correct_norm"] for r in mine) / len(mine) == agg["acc_norm,none"]
-    assert checked == N["medqa"] + N["pubmedqa"] + 6 * N["mmlu_med"]
+    assert checked == sum(len(v) for v in items.values())  # lm-eval scored every item we did, no more

@@ -7,7 +7,11 @@ import shutil
 import pytest
 
 from eval import benchmarks as B
-from eval.cli import main as eval_main
+from carebot.cli import main as carebot_main
+
+
+def eval_main(argv: list[str]) -> int:
+    return carebot_main(["eval", *argv])
 from eval.contamination import ContaminationError
 from eval.judge import aggregate, load_turns
 

@@ -16,7 +16,7 @@ import pytest
 
 from launch import pipeline, slurm, slurm_cli
 from launch.slurm import SlurmConfig, after_run, render_array, render_train
-from pretrain.config import ConfigError
+from carebot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 30  # the chain's stable stage and the USR1 job: same config, compared step by step
@@ -237,7 +237,8 @@ def test_layout_errors_name_the_fix(tmp_path, launch_cpt_base):
 
 
 def test_after_run_decides_requeue(tmp_path, launch_cpt_base):
-    from pretrain.config import dump, load_config
+    from carebot.config import dump
+    from carebot.run_config import load_config
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

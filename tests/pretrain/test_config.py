@@ -1,6 +1,7 @@
 import pytest
 
-from pretrain.config import ConfigError, load_config
+from carebot.errors import ConfigError
+from carebot.run_config import load_config
 from pretrain.model import flops_per_token, num_params, padded_vocab_size
 
 

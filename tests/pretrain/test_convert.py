@@ -99,7 +99,7 @@ def converted(tiny_hf, tmp_path_factory) -> dict[str, Path]:
 def test_mapping_table_qkv_interleave_and_inverse():
     """Megatron's fused QKV is per query group [q heads of the group, k, v]; fc1 is [gate; up]; padding rows
     are added then removed. Every row's two directions are inverses."""
-    from pretrain.config import ModelConfig
+    from carebot.run_config import ModelConfig
     from pretrain.llama_mapping import dims, expand_rows
 
     m = ModelConfig(num_layers=1, hidden_size=8, ffn_hidden_size=6, num_attention_heads=4, num_query_groups=2)

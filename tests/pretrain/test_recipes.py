@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from carebot.config import RECIPES, _merge, load_yaml
-from pretrain.config import RunConfig
+from carebot.run_config import RunConfig
 
 RECIPE_FILES = sorted(p.name for p in RECIPES.glob("*.yaml"))
 

@@ -71,11 +71,12 @@ def _run(tmp_path, data_root, index, stride: int):
         want = {iid.removeprefix(f"inj-{name}-") for iid, bn in injected.items() if bn == name}
         assert want <= set(b["overlapping_items"]), name
     saved = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert saved["benchmarks"]["huatuo26m"]["n_items"] == 3000 and len(saved["removed"]) == len(injected)
+    n_huatuo = len(read_jsonl(data_root / DEFAULT_BENCHMARKS["huatuo26m"]))  # 3000 in ../shared/data, 300 in samples/
+    assert saved["benchmarks"]["huatuo26m"]["n_items"] == n_huatuo and len(saved["removed"]) == len(injected)
 
 
 def test_inject_sample_cpt_sft_dpo(tmp_path, data_root, index):
-    """Every 8th item of each eval set (default run; the slow test injects all 8,763)."""
+    """Every 8th item of each eval set (default run; the slow test injects all of them: 8,763 in ../shared/data)."""
     _run(tmp_path, data_root, index, stride=8)
 
 

@@ -1,4 +1,4 @@
-"""`carebot data label` against the fault-injecting fake server: 1,000 real items, no loss, no duplicates,
+"""`carebot data label` against the fault-injecting fake server: 1,000 real items (600 from samples/), no loss, no duplicates,
 kill -9 mid-run then rerun re-asks nothing that was finished."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from tests.fixtures.fake_openai import Faults, FakeOpenAI
 from data_tools.curate.label import LabelConfig, load_items, main, requests_for
 from carebot.llm import AsyncLLMClient, DiskCache, LLMConfig
+from tests.helpers import read_jsonl
 
 FAULTS = Faults(p429=0.1, p500=0.08, ptimeout=0.01, pmalformed=0.04, pbadjson=0.04, hang_s=2.5, seed=7)
 
@@ -27,6 +28,8 @@ def _args(srv, inputs, out, limit=1000):
 
 def test_label_1000_with_faults_then_kill9_resume(tmp_path, data_root):
     inputs = [_inputs(data_root)[0], str(data_root / "general" / "wikitext2_paragraphs_en.jsonl")]
+    n = min(1000, sum(len(read_jsonl(f)) for f in inputs))  # 1000 of 6000 (../shared/data); all 600 of samples/
+    assert n >= 600  # 2 rounds x n requests: the kill at 700 server hits lands mid-run
     with FakeOpenAI(faults=FAULTS) as srv:
         # 1) a run that is killed with SIGKILL part-way
         out = tmp_path / "run"
@@ -58,11 +61,11 @@ def test_label_1000_with_faults_then_kill9_resume(tmp_path, data_root):
         assert srv.hits > hits_before
         # 3) zero lost, zero duplicated: every item has both rounds, once
         rounds = [json.loads(l) for l in open(out / "rounds.jsonl", encoding="utf-8")]
-        assert len(rounds) == 1000 == len({r["id"] for r in rounds}) == summary["items"]
+        assert len(rounds) == n == len({r["id"] for r in rounds}) == summary["items"]
         assert all(len(r["answers"]) == 2 and all("error" not in a for a in r["answers"]) for r in rounds)
         kept = [json.loads(l) for l in open(out / "train.jsonl", encoding="utf-8")]
         dropped = [json.loads(l) for l in open(out / "dropped.jsonl", encoding="utf-8")]
-        assert len(kept) + len(dropped) == 1000 and len({k["id"] for k in kept + dropped}) == 1000
+        assert len(kept) + len(dropped) == n and len({k["id"] for k in kept + dropped}) == n
         assert {d["reason"] for d in dropped} <= {"domain_disagree", "score_gap"} and len(dropped) > 0
         assert all(abs(k["q1"] - k["q2"]) < 2 for k in kept)
         assert {k["domain"] for k in kept} == {"medical", "general"}

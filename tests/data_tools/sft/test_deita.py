@@ -54,7 +54,9 @@ def test_batched_equals_naive(tiny_scorer_dir, dialogues):
     batched = deita.score_prompts(sc, prompts, cfg)
     naive = [deita.score_prompt_naive(sc, p, cfg) for p in prompts]
     assert len(prompts) >= 20
-    assert max(abs(a - b) for a, b in zip(batched, naive)) < 1e-5
+    # fp32 summation order only (padded batch vs one row): the random scorer's peaked softmax makes that up to 3e-5
+    # with the 4k BPE trained on samples/ (5e-6 on ../shared/data); attending to the padding moves these scores by up to 2
+    assert max(abs(a - b) for a, b in zip(batched, naive)) < 1e-4
     assert all(1.0 <= s <= 6.0 for s in batched)
     assert max(batched) - min(batched) > 1e-3  # the random scorer still discriminates: not a constant
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+
 from data_tools.tokens.blend import BlendError, BlendSpec, check_blend, main, solve_blend, target_shares
 from carebot.io import write_json
 from data_tools.tokens.manifest import write_index
@@ -104,6 +105,9 @@ def test_cli_writes_fragment_and_reports_short_buckets(shards, tmp_path, capsys)
     child.write_text("base: r.yaml\ntrain: {train_steps: 50}\n")
     main(["--kind", "stable", "--manifests", root, "--out", str(out), "--recipe", str(child)])
     assert json.loads(out.with_suffix(".json").read_text())["train_tokens"] == 500_000
+    # the paper recipe states only what differs from the run defaults: those are resolved as the trainer does
+    main(["--kind", "stable", "--manifests", root, "--out", str(out), "--recipe", "stable_cpt.yaml"])
+    assert json.loads(out.with_suffix(".json").read_text())["train_tokens"] == 18000 * 1008 * 4096
 
 
 def test_missing_bucket_is_an_error(shards):

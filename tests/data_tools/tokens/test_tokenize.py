@@ -18,7 +18,7 @@ from carebot.errors import ConfigError, InputError
 from carebot.text import lang_code, lang_codes
 from data_tools.tokens.tokenize import TokenizeConfig, main, run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EOD = 128001  # <|end_of_text|>
 
 

@@ -1,14 +1,14 @@
-"""Typed run configuration: nested keyword-only dataclasses, loaded from YAML recipes, overridable
-from the CLI with dotted keys (`train.train_steps=50`). A recipe may name a `base:` recipe and state only
-what differs. Defaults are the paper's LLaMA-3-8B Stable CPT settings (CareBot, Sec. 3.1 / App. C)."""
+"""The schema of a training run (CPT, SFT, DPO): nested keyword-only dataclasses, loaded from YAML recipes
+(`pretrain/recipes/`), overridable with dotted keys (`train.train_steps=50`). Defaults are the paper's
+LLaMA-3-8B Stable CPT settings (CareBot, Sec. 3.1 / App. C). It lives in the shared layer because the data
+tools (blend's token budget), the trainer, the alignment stages and the launchers all read it; it imports
+nothing heavy (no torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from carebot import config as _config
-from carebot.config import RECIPES, dump, from_dict, parse_overrides, to_dict  # noqa: F401  (re-exported)
-from carebot.errors import ConfigError  # noqa: F401
 
 
 @dataclass(kw_only=True)
