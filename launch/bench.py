@@ -25,6 +25,7 @@ import torch
 from carebot.io import write_json
 from carebot.errors import ConfigError
 from carebot.run_config import load_config
+from carebot.cli import script
 from carebot.hardware import device_peak
 from pretrain.trainer import Stage
 
@@ -210,4 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    script(main, "carebot bench")

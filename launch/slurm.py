@@ -14,10 +14,14 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from carebot.errors import ConfigError
+from carebot.errors import CareBotError, ConfigError
 from carebot.run_config import RunConfig, load_config
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+
+class SlurmError(CareBotError, RuntimeError):
+    """SLURM refused a job (the message quotes sbatch)."""
 TRAIN_COMMANDS = {"cpt": "pretrain", "sft": "sft", "dpo": "dpo"}  # RunConfig.stage -> carebot command
 
 
@@ -201,7 +205,7 @@ def sbatch(script: Path, dependency: str | None = None, test_only: bool = False)
     cmd += ["--test-only"] if test_only else []
     p = subprocess.run(cmd + [str(script)], capture_output=True, text=True)
     if p.returncode:
-        raise RuntimeError(f"sbatch refused {script}: {p.stderr.strip() or p.stdout.strip()}")
+        raise SlurmError(f"sbatch refused {script}: {p.stderr.strip() or p.stdout.strip()}")
     return p.stderr.strip() if test_only else p.stdout.strip().split(";")[0]
 
 

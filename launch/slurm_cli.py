@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from carebot.cli import script
 from launch.pipeline import PIPELINE, STAGES, StageSpec, checkpoint_dir, plan
 from launch.slurm import (Rendered, SlurmConfig, after_run, render_array, render_task, render_train, sbatch,
                           unfinished, write_script)
@@ -157,38 +158,34 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv[:len(argv) - len(tail) - (1 if "--" in argv else 0)])
     if hasattr(a, "args"):
         a.args = list(a.args) + tail
-    try:
-        if a.cmd == "after-run":
-            return after_run(a.output_dir, a.before, a.rc, int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-                             a.max_requeues)
-        if a.cmd == "pipeline":
-            return _pipeline(a)
-        if a.cmd == "data":
-            s = _slurm_config(a)
-            name = a.job_name or f"data-{a.tool}"
-            todo = unfinished(s, name, len(a.shards))
-            if not todo:
-                print(f"{name}: all {len(a.shards)} shard(s) done")
-                return 0
-            r = render_array(a.tool, a.shards, a.args, s, name, todo, a.max_parallel)
-            path = write_script(r, s)
-            print(f"{name}: {path}" if a.dry_run else f"{name}: array job {sbatch(path)} ({len(todo)} shard(s))")
+    if a.cmd == "after-run":
+        return after_run(a.output_dir, a.before, a.rc, int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+                         a.max_requeues)
+    if a.cmd == "pipeline":
+        return _pipeline(a)
+    if a.cmd == "data":
+        s = _slurm_config(a)
+        name = a.job_name or f"data-{a.tool}"
+        todo = unfinished(s, name, len(a.shards))
+        if not todo:
+            print(f"{name}: all {len(a.shards)} shard(s) done")
             return 0
-        s = _slurm_config(a, STAGES[a.stage])
-        r = _render_stage(a.stage, a.config, a.args, s, a.job_name)
-        if a.cmd == "render":
-            if a.output:
-                Path(a.output).write_text(r.script)
-            else:
-                sys.stdout.write(r.script)
-            return 0
+        r = render_array(a.tool, a.shards, a.args, s, name, todo, a.max_parallel)
         path = write_script(r, s)
-        print(sbatch(path, a.dependency, a.test_only) if a.test_only else f"{r.name}: job {sbatch(path, a.dependency)}")
+        print(f"{name}: {path}" if a.dry_run else f"{name}: array job {sbatch(path)} ({len(todo)} shard(s))")
         return 0
-    except (ConfigError, RuntimeError, FileNotFoundError) as e:
-        print(f"carebot launch: error: {e}", file=sys.stderr)
-        return 2
+    s = _slurm_config(a, STAGES[a.stage])
+    r = _render_stage(a.stage, a.config, a.args, s, a.job_name)
+    if a.cmd == "render":
+        if a.output:
+            Path(a.output).write_text(r.script)
+        else:
+            sys.stdout.write(r.script)
+        return 0
+    path = write_script(r, s)
+    print(sbatch(path, a.dependency, a.test_only) if a.test_only else f"{r.name}: job {sbatch(path, a.dependency)}")
+    return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    script(main, "carebot launch")

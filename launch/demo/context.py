@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from carebot.errors import CareBotError
 from carebot.paths import cache_dir
 
 
@@ -39,7 +40,8 @@ def carebot(ctx: Ctx, step: str, *args: str) -> None:
         p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[2])
     if p.returncode:
         tail = "".join(log.read_text(errors="replace").splitlines(True)[-25:])
-        raise SystemExit(f"demo step '{step}' failed (exit {p.returncode}); log {log}:\n{tail}")
+        print(f"--- last lines of {log}:\n{tail}", file=sys.stderr, flush=True)
+        raise CareBotError(f"demo step '{step}' failed (exit {p.returncode}); its log: {log}")
 
 
 def jl(path: Path) -> list[dict]:
