@@ -52,4 +52,9 @@ def small_tokenizer_dir(data_root) -> Path:
     """A 4k byte-level BPE trained on real zh+en text, with LLaMA-3's specials and chat template."""
     from carebot.tokenizer import train_small_bpe
 
-    return train_small_bpe(corpus_texts(data_root), cache_dir() / "bpe4k-v1", vocab_size=4096)
+    import hashlib
+
+    texts = corpus_texts(data_root)
+    # keyed by the text it is trained on: samples/ and the full sets never share a cached tokenizer
+    digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return train_small_bpe(texts, cache_dir() / f"bpe4k-v1-{digest}", vocab_size=4096)
