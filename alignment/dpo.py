@@ -293,6 +293,21 @@ def precompute(trainer, ref: Reference, ds: DPODataset) -> torch.Tensor:
     return full[0]
 
 
+def load_reference_table(path: Path, fingerprint: str) -> dict | None:
+    """The precomputed reference log-probs at `path` if they belong to this run (same fingerprint), else None.
+    Tensors and plain containers only (`weights_only=True`): a file that needs unpickling code is never run;
+    a torn, crafted or foreign file is recomputed."""
+    if not path.exists():
+        return None
+    try:
+        stored = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        print(f"[dpo] {path}: not a reference table this run can trust ({type(e).__name__}); recomputing it",
+              flush=True)
+        return None
+    return stored if isinstance(stored, dict) and stored.get("fingerprint") == fingerprint else None
+
+
 def prepare(a: DPOArgs, ref: Reference, trainer) -> None:
     """After the model is loaded: capture the reference weights; precompute (or reload) the reference table."""
     import torch.distributed as dist
@@ -303,9 +318,7 @@ def prepare(a: DPOArgs, ref: Reference, trainer) -> None:
     stored = None
     if a.reference == "precomputed":
         fp = _fingerprint(trainer.cfg, a, trainer.train_ds.epoch_size)
-        if path.exists():
-            stored = torch.load(path, weights_only=False)
-            stored = stored if stored.get("fingerprint") == fp else None
+        stored = load_reference_table(path, fp)
         needs_weights = stored is None
     if needs_weights:
         ref.load(trainer)

@@ -4,7 +4,10 @@ optimizer, LR scheduler, data position, RNG states)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
 import os
+import pickle
 import shutil
 import signal
 import threading
@@ -96,8 +99,77 @@ def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: d
     return final
 
 
+# ------------------------------------------------------------------- nothing in a checkpoint may run code
+# torch.distributed.checkpoint reads `.metadata` with a bare pickle.load and byte items (ShardedObjects such as
+# the RNG state) with torch.load(weights_only=False): a crafted checkpoint directory would run its payload on
+# load. `.metadata` is read first by a restricted unpickler that admits only DCP's own metadata classes, torch
+# sizes / dtypes / layouts; byte items are loaded with weights_only=True while a load is in progress.
+_DCP = "torch.distributed.checkpoint."
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module.startswith(_DCP) or (module, name) in (("torch", "Size"), ("torch.serialization", "_get_layout"),
+                                                          ("collections", "OrderedDict")) or module == "torch":
+            obj = getattr(importlib.import_module(module), name, None)
+            if module == "torch" and not (name == "Size" or isinstance(obj, torch.dtype)):
+                obj = None
+            elif module.startswith(_DCP) and not isinstance(obj, type):
+                obj = None
+            if obj is not None:
+                return obj
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def read_dist_metadata(ckpt_dir: Path):
+    """The torch_dist `.metadata` of a checkpoint, read without running anything it might carry."""
+    path = Path(ckpt_dir) / ".metadata"
+    try:
+        with open(path, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"not a complete megatron checkpoint: {ckpt_dir} (no .metadata)") from None
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a plain checkpoint file, refusing to unpickle it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+@contextlib.contextmanager
+def _byte_items_weights_only():
+    from torch.distributed.checkpoint import default_planner as dp
+
+    original = dp.DefaultLoadPlanner.load_bytes
+
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        try:
+            obj = torch.load(value, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"checkpoint item {read_item.dest_index.fqn}: refusing to unpickle it "
+                                  f"({str(e).splitlines()[0]})") from None
+        if self.flatten_state_dict:
+            dp.set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+    dp.DefaultLoadPlanner.load_bytes = load_bytes
+    try:
+        yield
+    finally:
+        dp.DefaultLoadPlanner.load_bytes = original
+
+
 def load_meta(ckpt_dir: Path) -> dict:
-    common = torch.load(ckpt_dir / "common.pt", weights_only=False, map_location="cpu")
+    """The checkpoint's `carebot` metadata. Tensors and plain containers only (`weights_only=True`, as megatron's
+    own loader reads the same file): a crafted `common.pt` cannot run code; it is a CheckpointError."""
+    try:
+        common = torch.load(ckpt_dir / "common.pt", weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"not a complete megatron checkpoint: {ckpt_dir} (no common.pt)") from None
+    except Exception as e:  # noqa: BLE001  (UnpicklingError for anything beyond tensors / containers)
+        raise CheckpointError(f"{ckpt_dir / 'common.pt'}: not a plain checkpoint file, refusing to unpickle it "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(common, dict):
+        raise CheckpointError(f"{ckpt_dir / 'common.pt'}: expected a dict, got {type(common).__name__}")
     return common.get("carebot", {})
 
 
@@ -114,8 +186,12 @@ def load(ckpt_dir: Path, model, optimizer=None, scheduler=None) -> dict:
     same_layout = meta.get("layout") == _layout()
     if optimizer is not None and same_layout:
         request["rng_state"] = _rng_state()
+    read_dist_metadata(ckpt_dir)  # refuses a crafted .metadata before megatron pickle-loads it
     try:
-        state = dist_checkpointing.load(request, str(ckpt_dir))
+        with _byte_items_weights_only():
+            state = dist_checkpointing.load(request, str(ckpt_dir))
+    except CheckpointError:
+        raise
     except Exception as e:  # truncated files, wrong shapes: say which checkpoint
         raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {type(e).__name__}: {e}") from e
     model.load_state_dict(state["model"])

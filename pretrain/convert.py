@@ -123,12 +123,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def check_complete(it: Path) -> None:
     """Every byte range the torch_dist `.metadata` points at must exist: catches truncated or missing shards
     before a load fails deep inside torch.distributed.checkpoint."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        storage = FileSystemReader(str(it)).read_metadata().storage_data
-    except Exception as e:
-        raise ckpt.CheckpointError(f"{it}: unreadable torch_dist metadata ({type(e).__name__}: {e})") from e
+    storage = getattr(ckpt.read_dist_metadata(it), "storage_data", None)
+    if not isinstance(storage, dict):
+        raise ckpt.CheckpointError(f"{it}: torch_dist metadata without storage data (not a complete checkpoint)")
     need: dict[str, int] = {}
     for info in storage.values():
         need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)

@@ -181,7 +181,7 @@ def run(cfg: TokenizeConfig) -> dict:
     mpaths = {k: Path(out_prefix(cfg, k) + ".manifest.json") for k in keys}
     if all(p.is_file() for p in mpaths.values()):
         olds = {k: json.loads(p.read_text()) for k, p in mpaths.items()}
-        if all(o.get("complete") and o.get("setup") == setup for o in olds.values()):
+        if all(o.get("complete") and o.get("setup") == setup and _outputs_intact(o, dtype) for o in olds.values()):
             print(f"[tokenize] up to date: {', '.join(map(str, mpaths.values()))}", file=sys.stderr)
             return olds
 
@@ -190,7 +190,7 @@ def run(cfg: TokenizeConfig) -> dict:
     if prog is not None and prog.get("setup") != setup:
         print(f"[tokenize] {prog_path} is from a different config or inputs: starting over", file=sys.stderr)
         prog = None
-    prog = prog or {"setup": setup, "done": []}
+    prog = _resumable(cfg, keys, prog) or {"setup": setup, "done": []}
     ends = prog["done"][-1]["ends"] if prog["done"] else {k: {"bytes": 0, "docs": 0} for k in keys}
     outs = {}
     for k in keys:  # truncate to the last finished shard: a killed shard is redone from its start
@@ -241,6 +241,33 @@ def run(cfg: TokenizeConfig) -> dict:
     manifests = {k: _finalize(cfg, k, prog, setup, enc, dtype, time.time() - t0) for k in keys}
     prog_path.unlink(missing_ok=True)
     return manifests
+
+
+def _outputs_intact(m: dict, dtype: np.dtype) -> bool:
+    """The `.bin` / `.idx` a complete manifest describes are there at their sizes (not truncated or deleted)."""
+    b, i = Path(m["prefix"] + ".bin"), Path(m["prefix"] + ".idx")
+    return (b.is_file() and b.stat().st_size == m["tokens"] * dtype.itemsize and i.is_file()
+            and i.stat().st_size == 34 + 12 * m["documents"] + 8 * (m["documents"] + 1))
+
+
+def _resumable(cfg: TokenizeConfig, keys: list[str], prog: dict | None) -> dict | None:
+    """The progress record if the data it commits is all on disk, else None (start over). A run killed inside
+    `_finalize`, after the `.bin.tmp` -> `.bin` rename and before the manifest, left the finished `.bin` under
+    its final name: it is taken back as the tmp file (never re-created empty and zero-filled by a truncate)."""
+    if not prog or not prog["done"]:
+        return prog
+    ends = prog["done"][-1]["ends"]
+    for k in keys:
+        base = out_prefix(cfg, k)
+        bin_tmp, final = Path(base + ".bin.tmp"), Path(base + ".bin")
+        if not bin_tmp.exists() and final.exists() and final.stat().st_size == ends[k]["bytes"]:
+            os.replace(final, bin_tmp)
+        for p, n in ((bin_tmp, ends[k]["bytes"]), (Path(base + ".lengths.tmp"), ends[k]["docs"] * 4)):
+            if not p.exists() or p.stat().st_size < n:
+                print(f"[tokenize] {p} holds less than its progress record commits ({n:,} bytes): starting over",
+                      file=sys.stderr)
+                return None
+    return prog
 
 
 def _finalize(cfg: TokenizeConfig, key: str, prog: dict, setup: dict, enc: Encoder, dtype: np.dtype,

@@ -7,11 +7,15 @@ import shutil
 import pytest
 
 from eval import benchmarks as B
-from carebot.cli import main as carebot_main
+from carebot.cli import COMMANDS
 
 
 def eval_main(argv: list[str]) -> int:
-    return carebot_main(["eval", *argv])
+    """`carebot eval <cmd> ...` as a library call (errors raise, as from a notebook)."""
+    import importlib
+
+    mod, fn = COMMANDS[f"eval {argv[0]}"][0].split(":")
+    return getattr(importlib.import_module(mod), fn)(argv[1:])
 from eval.contamination import ContaminationError
 from eval.judge import aggregate, load_turns
 

@@ -256,3 +256,47 @@ def test_mismatch_falls_back_to_hf(tmp_path, monkeypatch, llama3_tokenizer_dir, 
                               tokenizer=str(llama3_tokenizer_dir))).values()
     assert m["engine"] == "hf" and "using HF tokenizers" in capsys.readouterr().err
     assert read_back(m["prefix"]) == [llama3_tokenizer(t)["input_ids"] + [EOD] for t in ["病人，男，49岁。", "fever and cough"]]
+
+
+def test_a_kill_inside_finalize_never_zero_fills_the_bin(tmp_path, data_root, llama3_tokenizer_dir, monkeypatch):
+    """A run that dies after `.bin.tmp` -> `.bin` and before the manifest (kill, SIGTERM, disk full) used to be
+    'resumed' by re-creating the tmp file zero-filled and renaming it over the good `.bin`: rc 0, all tokens 0,
+    `complete: true`. Now the rerun takes the finished `.bin` back and ends byte-identical to a clean run."""
+    from data_tools.tokens import tokenize as T
+
+    texts = real_texts(data_root, per_file=40)
+    src = [write_jsonl(tmp_path / f"in/{n}.jsonl", t) for n, t in list(texts.items())[:3]]
+    args = ["--input", *map(str, src), "--tokenizer", str(llama3_tokenizer_dir)]
+    main(args + ["--output-prefix", str(tmp_path / "clean")])
+    clean = (tmp_path / "clean_text_document.bin").read_bytes()
+    assert any(clean)
+
+    real_write_json = T.write_json
+
+    def die_at_manifest(path, obj, *a, **kw):
+        if str(path).endswith(".manifest.json"):
+            raise OSError(28, "No space left on device")
+        return real_write_json(path, obj, *a, **kw)
+
+    monkeypatch.setattr(T, "write_json", die_at_manifest)
+    with pytest.raises(OSError):
+        main(args + ["--output-prefix", str(tmp_path / "o")])
+    assert (tmp_path / "o_text_document.bin").exists() and not (tmp_path / "o_text_document.manifest.json").exists()
+    monkeypatch.setattr(T, "write_json", real_write_json)
+    main(args + ["--output-prefix", str(tmp_path / "o")])
+    assert (tmp_path / "o_text_document.bin").read_bytes() == clean
+    m = json.loads((tmp_path / "o_text_document.manifest.json").read_text())
+    assert m["complete"] and m["tokens"] * 4 == len(clean)
+
+
+def test_up_to_date_only_while_the_outputs_are_intact(tmp_path, llama3_tokenizer_dir, capsys):
+    src = write_jsonl(tmp_path / "t.jsonl", ["hello world, the patient is well", "你好世界，患者恢复良好"])
+    args = ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(llama3_tokenizer_dir)]
+    main(args)
+    good = (tmp_path / "o_text_document.bin").read_bytes()
+    with open(tmp_path / "o_text_document.bin", "r+b") as f:  # truncated behind the manifest's back
+        f.truncate(len(good) // 2)
+    capsys.readouterr()
+    main(args)
+    assert "up to date" not in capsys.readouterr().err
+    assert (tmp_path / "o_text_document.bin").read_bytes() == good
