@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carebot import config as _config
+from carebot.errors import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -99,6 +100,51 @@ class RunConfig:
     stage_args: dict = field(default_factory=dict)  # stage-specific knobs (SFT / DPO)
 
 
+STAGES = ("cpt", "sft", "dpo")
+PRECISIONS = ("auto", "bf16", "fp32")
+DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Ranges and enums, checked when the config is loaded (before any model is built): one ConfigError line
+    naming the key, its value and what is allowed."""
+    def bad(key: str, value, allowed: str) -> None:
+        raise ConfigError(f"{key}={value!r}: {allowed}")
+
+    t, d, o, c = cfg.train, cfg.data, cfg.optim, cfg.checkpoint
+    if cfg.stage not in STAGES:
+        bad("stage", cfg.stage, f"one of {', '.join(STAGES)}")
+    if t.precision not in PRECISIONS:
+        bad("train.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
+    if o.decay_style not in DECAY_STYLES:
+        bad("optim.decay_style", o.decay_style, f"one of {', '.join(DECAY_STYLES)}")
+    if t.epochs is None and t.train_steps < 1:
+        bad("train.train_steps", t.train_steps, "must be >= 1 (or set train.epochs)")
+    if t.epochs is not None and t.epochs <= 0:
+        bad("train.epochs", t.epochs, "must be > 0")
+    for key, v in (("train.micro_batch_size", t.micro_batch_size), ("train.global_batch_size", t.global_batch_size),
+                   ("train.log_interval", t.log_interval), ("train.eval_iters", t.eval_iters),
+                   ("checkpoint.save_interval", c.save_interval), ("data.seq_length", d.seq_length),
+                   ("parallel.tensor", cfg.parallel.tensor), ("parallel.pipeline", cfg.parallel.pipeline)):
+        if v < 1:
+            bad(key, v, "must be >= 1")
+    if t.eval_interval < 0:
+        bad("train.eval_interval", t.eval_interval, "must be >= 0 (0: no periodic validation)")
+    if t.exit_after_steps is not None and t.exit_after_steps < 1:
+        bad("train.exit_after_steps", t.exit_after_steps, "must be >= 1 (or null)")
+    if not 0.0 <= o.warmup_ratio <= 1.0:
+        bad("optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1]")
+    if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
+        bad("optim.lr / optim.min_lr", (o.lr, o.min_lr), "need 0 <= min_lr <= lr and lr > 0")
+    try:
+        parts = [float(x) for x in str(d.split).split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        bad("data.split", d.split, "three non-negative train,valid,test weights, e.g. 99,1,0")
+    return cfg
+
+
 def load_config(recipe: str | Path | list | None, overrides: list[str] | None = None) -> RunConfig:
-    """Recipe YAML(s) + dotted overrides -> RunConfig (see `carebot.config.load`)."""
-    return _config.load(RunConfig, recipe, overrides)
+    """Recipe YAML(s) + dotted overrides -> a validated RunConfig (see `carebot.config.load`, `validate`)."""
+    return validate(_config.load(RunConfig, recipe, overrides))

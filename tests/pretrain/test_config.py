@@ -43,3 +43,31 @@ def test_several_recipes_merge_and_overrides_after_config(tmp_path):
     c = load_config(["tiny_stable_cpt.yaml", str(frag), "train.train_steps=3"], ["optim.lr=0.5"])
     assert c.data.data_path == [0.9, "/x/a", 0.1, "/x/b"] and c.model.hidden_size == 64
     assert c.train.train_steps == 3 and c.optim.lr == 0.5
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.train_steps=0", "train.train_steps=0: must be >= 1"),
+    ("train.precision=fp7", "train.precision='fp7': one of auto, bf16, fp32"),
+    ("stage=xyz", "stage='xyz': one of cpt, sft, dpo"),
+    ("data.seq_length=0", "data.seq_length=0: must be >= 1"),
+    ("checkpoint.save_interval=0", "checkpoint.save_interval=0: must be >= 1"),
+    ("train.log_interval=0", "train.log_interval=0: must be >= 1"),
+    ("optim.warmup_ratio=1.5", "optim.warmup_ratio=1.5: must be in [0, 1]"),
+    ("data.split=99,1", "data.split='99,1': three non-negative"),
+    ("optim.decay_style=cosinus", "optim.decay_style='cosinus': one of"),
+])
+def test_bad_values_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny_stable_cpt.yaml", [override])
+    assert message in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_bad_value_through_the_cli_is_exit_2_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "carebot.cli", "pretrain", "--config", "tiny_stable_cpt.yaml",
+                        f"output_dir={tmp_path}", "train.train_steps=0"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == ("carebot pretrain: error: train.train_steps=0: must be >= 1 "
+                                                 "(or set train.epochs)")
