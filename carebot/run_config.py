@@ -130,8 +130,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             bad(key, v, "must be >= 1")
     if t.eval_interval < 0:
         bad("train.eval_interval", t.eval_interval, "must be >= 0 (0: no periodic validation)")
-    if t.exit_after_steps is not None and t.exit_after_steps < 1:
-        bad("train.exit_after_steps", t.exit_after_steps, "must be >= 1 (or null)")
+    if t.exit_after_steps is not None and t.exit_after_steps < 0:  # 0: write the initial checkpoint and stop
+        bad("train.exit_after_steps", t.exit_after_steps, "must be >= 0 (or null)")
     if not 0.0 <= o.warmup_ratio <= 1.0:
         bad("optim.warmup_ratio", o.warmup_ratio, "must be in [0, 1]")
     if o.lr <= 0 or o.min_lr < 0 or o.min_lr > o.lr:
