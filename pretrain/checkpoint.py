@@ -104,20 +104,22 @@ def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: d
 # the RNG state) with torch.load(weights_only=False): a crafted checkpoint directory would run its payload on
 # load. `.metadata` is read first by a restricted unpickler that admits only DCP's own metadata classes, torch
 # sizes / dtypes / layouts; byte items are loaded with weights_only=True while a load is in progress.
-_DCP = "torch.distributed.checkpoint."
+# exactly the classes a torch_dist `.metadata` holds (plus torch sizes and dtypes): nothing else is constructed
+_DCP_ALLOWED = {
+    ("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")} | {
+    ("torch.distributed.checkpoint.planner", n) for n in ("SavePlan", "WriteItem", "WriteItemType", "TensorWriteData")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+     ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if module.startswith(_DCP) or (module, name) in (("torch", "Size"), ("torch.serialization", "_get_layout"),
-                                                          ("collections", "OrderedDict")) or module == "torch":
-            obj = getattr(importlib.import_module(module), name, None)
-            if module == "torch" and not (name == "Size" or isinstance(obj, torch.dtype)):
-                obj = None
-            elif module.startswith(_DCP) and not isinstance(obj, type):
-                obj = None
-            if obj is not None:
-                return obj
+        if (module, name) in _DCP_ALLOWED:
+            return getattr(importlib.import_module(module), name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
         raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
 
 
