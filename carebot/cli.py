@@ -6,6 +6,7 @@ module's `if __name__ == "__main__":` block (`script(main, prog)`) and the train
 Library code only raises, so a reader called from a notebook raises an exception instead of exiting."""
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 import warnings
@@ -13,8 +14,19 @@ from typing import Callable, NoReturn
 
 from carebot.errors import CareBotError, one_line
 
-# What the command line reports as one line + exit 2: the stack's own errors and a missing file.
-USER_ERRORS: tuple[type[BaseException], ...] = (CareBotError, FileNotFoundError)
+# What the command line reports as one line + exit 2: the stack's own errors and what the file system says
+# about a path the user gave (missing, a directory where a file goes, a file where a directory goes, read-only,
+# full). Network and other OS errors stay tracebacks: they are not about the user's input.
+FS_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,
+                                        PermissionError)
+FS_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG)
+USER_ERRORS: tuple[type[BaseException], ...] = (CareBotError, *FS_ERRORS)
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:  # "PATH: Not a directory", not "[Errno 20] Not a directory: 'PATH'"
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return one_line(e)
 
 # THE command table: the words a user types -> (module:function, one-line help). Modules are named as strings
 # and imported only when their command runs (`carebot --help` stays fast, and this layer imports no stage).
@@ -66,8 +78,10 @@ def run(main_fn: Callable[[list[str] | None], int | None], argv: list[str] | Non
     a CareBotError / FileNotFoundError (a `main()` returning non-zero for a real failure keeps its status)."""
     try:
         return int(main_fn(argv) or 0)
-    except USER_ERRORS as e:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr, flush=True)
+    except (*USER_ERRORS, OSError) as e:
+        if isinstance(e, OSError) and not isinstance(e, FS_ERRORS) and e.errno not in FS_ERRNOS:
+            raise
+        print(f"{prog}: error: {_message(e)}", file=sys.stderr, flush=True)
         return 2
 
 

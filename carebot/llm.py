@@ -40,6 +40,7 @@ import openai
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+_TOKEN = re.compile(r"((?:Bearer|api[_-]?key[\"']?\s*[:=]\s*[\"']?)\s*)[A-Za-z0-9._\-]{8,}", re.I)
 Validator = Callable[[Any], Any]
 
 
@@ -49,7 +50,8 @@ class LLMConfig:
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself is never stored
     concurrency: int = 16
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # one attempt, whole (connect + every byte of the reply), not per read
+    deadline_s: float = 600.0  # one request, all its attempts and back-offs together
     max_retries: int = 8  # transport retries (429, 5xx, timeouts, broken bodies)
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -193,6 +195,7 @@ class AsyncLLMClient:
         self.stats = LLMStats()
         # Local servers (vLLM) accept any key; never fail for a missing one, never print it.
         key = os.environ.get(config.api_key_env) or "EMPTY"
+        self._secret = key if key != "EMPTY" else None
         self._client = openai.AsyncOpenAI(base_url=config.base_url, api_key=key, timeout=config.timeout_s, max_retries=0)
         self.cache = DiskCache(config.cache_path) if config.cache_path else None
         self._sem: asyncio.Semaphore | None = None
@@ -213,15 +216,29 @@ class AsyncLLMClient:
         delay = min(c.backoff_max_s, c.backoff_base_s * 2**attempt) * (0.5 + random.random() / 2)
         await asyncio.sleep(max(delay, min(retry_after or 0.0, c.backoff_max_s)))
 
+    def redact(self, text: str) -> str:
+        """`text` with the API key (and anything shaped like a bearer token) masked: error bodies of some
+        servers echo the request headers, and error texts end up in files."""
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return _TOKEN.sub(r"\1***", text)
+
     async def _complete(self, messages: Messages, params: dict[str, Any]) -> str:
-        """One chat completion with transport retries; returns the reply text."""
+        """One chat completion with transport retries, each attempt within `timeout_s` and all of them within
+        `deadline_s`; returns the reply text."""
         c = self.config
         last: Exception | None = None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + c.deadline_s
         for attempt in range(c.max_retries + 1):
             self.stats.requests += 1
             retry_after = None
             try:
-                resp = await self._client.chat.completions.create(model=c.model, messages=messages, **params)
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                resp = await asyncio.wait_for(self._client.chat.completions.create(model=c.model, messages=messages, **params),
+                                              min(c.timeout_s, left))
                 text = resp.choices[0].message.content
                 if text is None:
                     raise ValueError("empty message content")
@@ -239,21 +256,22 @@ class AsyncLLMClient:
                     retry_after = float(e.response.headers.get("retry-after", "0"))
                 except (TypeError, ValueError):
                     retry_after = None
-            except openai.APITimeoutError as e:  # subclass of APIConnectionError: test first
+            except (openai.APITimeoutError, asyncio.TimeoutError) as e:  # subclass of APIConnectionError: test first
                 self.stats.retries_timeout += 1
                 last = e
             except openai.APIStatusError as e:
                 if e.status_code < 500 and e.status_code not in (408, 409):
-                    raise LLMError(f"HTTP {e.status_code} (not retried): {str(e)[:200]}") from None
+                    raise LLMError(self.redact(f"HTTP {e.status_code} (not retried): {str(e)[:200]}")) from None
                 self.stats.retries_5xx += 1
                 last = e
             except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError, AttributeError, IndexError, TypeError) as e:
                 # broken body / truncated JSON / missing choices: the server misbehaved, ask again
                 self.stats.retries_other += 1
                 last = e
-            if attempt < c.max_retries:
+            if attempt < c.max_retries and end - loop.time() > 0:
                 await self._backoff(attempt, retry_after)
-        raise LLMError(f"gave up after {c.max_retries + 1} attempts: {type(last).__name__}: {str(last)[:200]}")
+        why = f"{type(last).__name__}: {str(last)[:200]}" if last else "no attempt left"
+        raise LLMError(self.redact(f"gave up after {attempt + 1} attempts ({c.deadline_s:g} s deadline): {why}"))
 
     async def chat(self, messages: Messages, *, cache_tag: str = "", **params: Any) -> str:
         """Plain text reply (cached)."""
@@ -296,7 +314,7 @@ class AsyncLLMClient:
                 self.cache.put(key, {"value": value, "text": text})
             self.stats.answers += 1
             return value, False
-        raise LLMError(f"invalid answer after {self.config.parse_retries + 1} tries: {err[:300]}")
+        raise LLMError(self.redact(f"invalid answer after {self.config.parse_retries + 1} tries: {err[:300]}"))
 
     async def map_json(
         self,

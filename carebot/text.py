@@ -13,6 +13,24 @@ _CJK = re.compile("[\u4000-\u9fff]")
 _LATIN = re.compile("[A-Za-z]")
 
 
+# every key `doc_text` reads: a record with none of them has no text in any schema we know
+TEXT_KEYS = ("text", "title", "description", "prompt", "instruction", "input", "question", "context", "options",
+             "answer", "output", "long_answer", "chosen", "rejected", "chosen_response", "rejected_response",
+             "response", "messages", "conversations", "qa_pairs")
+
+
+def record_text(rec: dict[str, Any], where: str, key: str = "text") -> str:
+    """`doc_text(rec)`, or an InputError naming `where` when the record has no text: no key of any schema, or
+    `key` present with a value that is not a string."""
+    from carebot.errors import InputError
+
+    if key in rec and not isinstance(rec[key], str):
+        raise InputError(f"{where}: '{key}' is {type(rec[key]).__name__}, expected a string")
+    if key not in rec and not any(k in rec for k in TEXT_KEYS):
+        raise InputError(f"{where}: no '{key}' field (nor any other text field: {', '.join(TEXT_KEYS[1:])})")
+    return doc_text(rec)
+
+
 def doc_text(rec: dict[str, Any]) -> str:
     """The text of a record in any of our schemas: {text}, {title, description, qa_pairs}, {question,
     answer/options/context}, {messages}, SFT {conversations}, DPO {prompt, chosen, rejected}."""

@@ -15,8 +15,8 @@ from typing import Any, Iterable
 
 from carebot.config import parse_command
 from carebot.errors import InputError
-from carebot.io import read_jsonl, write_json, write_jsonl
-from carebot.text import doc_text, lang_of
+from carebot.io import Outputs, iter_jsonl, require_records, write_json
+from carebot.text import doc_text, lang_of, record_text
 
 BUCKETS = ("medical", "general", "medical_hq")
 
@@ -47,13 +47,15 @@ def bucketize(recs: Iterable[dict[str, Any]], out: Path, hq_threshold: float = 4
         lang = r.pop("_lang")
         groups[f"{bucket_of(r, cuts.get(lang, hq_threshold))}_{lang}"].append(r)
     manifest: dict[str, Any] = {"hq_threshold": cuts or hq_threshold, "buckets": {}}
-    for name, rs in sorted(groups.items()):
-        shards = []
-        for k in range(0, len(rs), shard_docs):
-            p = out / name / f"part-{k // shard_docs:05d}.jsonl"
-            write_jsonl(p, rs[k : k + shard_docs])
-            shards.append(str(p.relative_to(out)))
-        manifest["buckets"][name] = {"docs": len(rs), "chars": sum(len(doc_text(r)) for r in rs), "shards": shards}
+    with Outputs() as outs:  # every shard committed together, the manifest last
+        for name, rs in sorted(groups.items()):
+            shards = []
+            for k in range(0, len(rs), shard_docs):
+                p = out / name / f"part-{k // shard_docs:05d}.jsonl"
+                for r in rs[k : k + shard_docs]:
+                    outs.write(p, r)
+                shards.append(str(p.relative_to(out)))
+            manifest["buckets"][name] = {"docs": len(rs), "chars": sum(len(doc_text(r)) for r in rs), "shards": shards}
     write_json(out / "manifest.json", manifest)
     return manifest
 
@@ -66,13 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hq-top-frac", type=float, default=None,
                     help="instead of a threshold: the top fraction of medical docs per language is HQ")
     ap.add_argument("--shard-docs", type=int, default=100_000)
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
     a = parse_command(ap, argv)
+    require_records(a.input, a.allow_empty)
 
     def recs() -> Iterable[dict]:
         for p in a.input:
-            if not Path(p).exists():
-                raise InputError(f"{p}: no such input file")
-            yield from read_jsonl(p)
+            for n, r in iter_jsonl(p):
+                record_text(r, f"{p}:{n}")
+                for k in ("domain_prob", "quality"):
+                    if k in r and not isinstance(r[k], (int, float)):
+                        raise InputError(f"{p}:{n}: '{k}' is {type(r[k]).__name__}, expected a number")
+                yield r
 
     m = bucketize(recs(), Path(a.out), a.hq_threshold, a.shard_docs, a.hq_top_frac)
     print(json.dumps({k: v["docs"] for k, v in m["buckets"].items()}))

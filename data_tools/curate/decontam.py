@@ -25,8 +25,9 @@ import numpy as np
 
 from carebot.config import parse_command
 from carebot.errors import InputError
-from carebot.io import read_jsonl, write_json, write_jsonl
-from carebot.text import doc_text, lang_of
+from carebot.commit import output_names
+from carebot.io import Outputs, iter_jsonl, read_jsonl, require_records, write_json, write_text
+from carebot.text import doc_text, lang_of, record_text
 from carebot.paths import data_dir
 
 _UNIT = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[a-z0-9]+")
@@ -194,29 +195,34 @@ class Index:
         return hit
 
 
-def decontaminate(files: Iterable[Path], out_dir: Path, index: Index, progress: bool = True) -> dict[str, Any]:
-    """Clean each jsonl into out_dir/<name>; return the manifest (also written to out_dir/manifest.json)."""
+def decontaminate(files: Iterable[Path], out_dir: Path, index: Index, progress: bool = True,
+                  allow_empty: bool = False) -> dict[str, Any]:
+    """Clean each jsonl into out_dir/<its output name> (see carebot.commit.output_names); return the manifest
+    (also written to out_dir/manifest.json, last)."""
     from tqdm.auto import tqdm
 
+    files = list(files)
+    require_records(files, allow_empty)
     removed: list[dict[str, Any]] = []
     per_bench: dict[str, set[str]] = {b: set() for b in index.n_items}
     inputs: dict[str, dict[str, int]] = {}
-    for path in files:
-        if not path.exists():
-            raise InputError(f"{path}: no such input file")
-        kept, n = [], 0
-        for n, rec in enumerate(tqdm(read_jsonl(path), desc=f"decontam {path.name}", disable=not progress), 1):
-            hit = index.match(doc_text(rec))
-            if not hit:
-                kept.append(rec)
-                continue
-            its = sorted(index.items[i] for i in hit)
-            for b, iid in its:
-                per_bench[b].add(iid)
-            removed.append({"file": str(path), "line": n, "id": rec.get("id"), "benchmarks": sorted({b for b, _ in its}),
-                            "items": [f"{b}:{i}" for b, i in its[:20]]})
-        write_jsonl(out_dir / path.name, kept)
-        inputs[str(path)] = {"docs": n, "kept": len(kept), "removed": n - len(kept)}
+    with Outputs() as outs:  # committed together once every input is read: a bad record leaves no output
+        for path, name in zip(files, output_names(files)):
+            outs.touch(out_dir / name)
+            n = 0
+            for line, rec in tqdm(iter_jsonl(path), desc=f"decontam {name}", disable=not progress):
+                n += 1
+                hit = index.match(record_text(rec, f"{path}:{line}"))
+                if not hit:
+                    outs.write(out_dir / name, rec)
+                    continue
+                its = sorted(index.items[i] for i in hit)
+                for b, iid in its:
+                    per_bench[b].add(iid)
+                removed.append({"file": str(path), "line": line, "id": rec.get("id"), "benchmarks": sorted({b for b, _ in its}),
+                                "items": [f"{b}:{i}" for b, i in its[:20]]})
+            kept = outs.counts[out_dir / name]
+            inputs[str(path)] = {"output": name, "docs": n, "kept": kept, "removed": n - kept}
     manifest = {
         "n": index.cfg.n,
         "benchmarks": {b: {"overlapping_items": sorted(s), "n": len(s), "n_items": index.n_items[b]} for b, s in per_bench.items()},
@@ -226,8 +232,8 @@ def decontaminate(files: Iterable[Path], out_dir: Path, index: Index, progress: 
     }
     write_json(out_dir / "manifest.json", manifest)
     rows = "".join(f"| {b} | {v['n']} / {v['n_items']} |\n" for b, v in manifest["benchmarks"].items())
-    (out_dir / "report.md").write_text(f"# Decontamination ({index.cfg.n}-grams)\n\n{len(removed)} training docs removed.\n\n"
-                                       f"| benchmark | items seen in training |\n|---|---|\n{rows}", encoding="utf-8")
+    write_text(out_dir / "report.md", f"# Decontamination ({index.cfg.n}-grams)\n\n{len(removed)} training docs removed.\n\n"
+              f"| benchmark | items seen in training |\n|---|---|\n{rows}")
     return manifest
 
 
@@ -238,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=13)
     ap.add_argument("--bench", action="append", default=[], help="NAME=PATH, adds an eval set (e.g. cmmlu_med=...)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
     a = parse_command(ap, argv)
     benches = {k: str(data_dir() / v) for k, v in DEFAULT_BENCHMARKS.items()}
     for b in a.bench:
@@ -245,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--bench {b!r}: expected NAME=PATH")
         k, v = b.split("=", 1)
         benches[k] = v
+    require_records(a.input, a.allow_empty)  # before the index is built: bad input fails in a blink
     idx = Index(DecontamConfig(n=a.n, benchmarks=benches))
-    m = decontaminate([Path(p) for p in a.input], Path(a.out), idx, progress=not a.no_progress)
+    m = decontaminate([Path(p) for p in a.input], Path(a.out), idx, progress=not a.no_progress, allow_empty=a.allow_empty)
     print(f"removed {len(m['removed'])} docs;", {b: v["n"] for b, v in m["benchmarks"].items()})
     return 0
 

@@ -16,9 +16,9 @@ from datasketch import MinHash, MinHashLSH
 
 from data_tools.curate.decontam import norm_units
 from carebot.config import parse_command
-from carebot.errors import InputError
-from carebot.io import read_jsonl, write_json, write_jsonl
-from carebot.text import doc_text
+from carebot.commit import output_names
+from carebot.io import Outputs, iter_jsonl, require_records, write_json
+from carebot.text import doc_text, record_text
 
 
 @dataclass(kw_only=True)
@@ -59,17 +59,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", nargs="+", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threshold", type=float, default=DedupConfig.threshold)
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
     a = parse_command(ap, argv)
+    require_records(a.input, a.allow_empty)
+    names = output_names(a.input)
     recs: list[dict] = []
-    for p in a.input:
-        if not Path(p).exists():
-            raise InputError(f"{p}: no such input file")
-        recs += [{**r, "_src": Path(p).name} for r in read_jsonl(p)]
+    for p, name in zip(a.input, names):
+        for n, r in iter_jsonl(p):
+            record_text(r, f"{p}:{n}")
+            recs.append({**r, "_src": name})
     kept, removed = dedup(recs, DedupConfig(threshold=a.threshold))
     out = Path(a.out)
-    for name in {r["_src"] for r in recs}:
-        write_jsonl(out / name, ({k: v for k, v in r.items() if k != "_src"} for r in kept if r["_src"] == name))
-    write_jsonl(out / "excluded" / "duplicates.jsonl", removed)
+    with Outputs() as outs:  # committed together
+        for name in names:
+            outs.touch(out / name)
+        for r in kept:
+            outs.write(out / r["_src"], {k: v for k, v in r.items() if k != "_src"})
+        outs.touch(out / "excluded" / "duplicates.jsonl")
+        for r in removed:
+            outs.write(out / "excluded" / "duplicates.jsonl", {k: v for k, v in r.items() if k != "_src"})
     s = {"docs": len(recs), "kept": len(kept), "removed": len(removed), "threshold": a.threshold}
     write_json(out / "summary.json", s)
     print(json.dumps(s))

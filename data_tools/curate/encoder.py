@@ -278,10 +278,11 @@ def head_main(argv: list[str] | None, prog: str, what: str, field: str, default:
     """`train` / `apply` subcommands of an encoder + head model (domain classifier, DataRater)."""
     import argparse
 
+    from carebot.commit import Done, output_names
     from carebot.config import parse_command
     from carebot.errors import InputError
-    from carebot.io import read_jsonl, write_jsonl
-    from carebot.text import doc_text
+    from carebot.io import iter_jsonl, require_records, write_jsonl
+    from carebot.text import record_text
 
     ap = argparse.ArgumentParser(prog=prog, description=f"train / apply {what}")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -297,23 +298,36 @@ def head_main(argv: list[str] | None, prog: str, what: str, field: str, default:
     a_.add_argument("--model", required=True)
     a_.add_argument("--input", nargs="+", required=True)
     a_.add_argument("--out-dir", required=True)
+    a_.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
     name = prog.split()[-1]
     a = parse_command(ap, argv, save=lambda a: Path(a.out if a.cmd == "train" else a.out_dir) / f"{name}.config.yaml")
     if a.cmd == "train":
         key = getattr(a, field.replace("-", "_"))
+        require_records(a.train)
         texts, ys = [], []
         for p in a.train:
-            for n, r in enumerate(read_jsonl(p), 1):
+            for n, r in iter_jsonl(p):
                 if key not in r:
                     raise InputError(f"{p}:{n}: no '{key}' field")
-                texts.append(doc_text(r))
-                ys.append(cast(r[key]))
+                texts.append(record_text(r, f"{p}:{n}"))
+                try:
+                    ys.append(cast(r[key]))
+                except (TypeError, ValueError):
+                    raise InputError(f"{p}:{n}: '{key}' is {r[key]!r}, expected a {cast.__name__}") from None
         rep = train(texts, ys, Path(a.out), EncoderConfig(path=a.encoder, max_length=a.max_length),
                     HeadConfig(finetune=a.finetune, seed=a.seed), progress=True)
         print(json.dumps(rep))
         return 0
-    for p in a.input:  # one output shard per input; finished shards are skipped on rerun
-        dst = Path(a.out_dir) / Path(p).name
-        if not dst.exists():
-            write_jsonl(dst, apply(Path(a.model), list(read_jsonl(p))))
+    require_records(a.input, a.allow_empty)
+    out_dir = Path(a.out_dir)
+    for p, name in zip(a.input, output_names(a.input)):  # one output per input, reused while input + model match
+        done = Done(out_dir / ".done" / f"{name}.json", [p, a.model], {"command": name})
+        if done.result() is not None:
+            continue
+        recs = []
+        for n, r in iter_jsonl(p):
+            record_text(r, f"{p}:{n}")
+            recs.append(r)
+        n_out = write_jsonl(out_dir / name, apply(Path(a.model), recs))
+        done.write({"docs": n_out})
     return 0

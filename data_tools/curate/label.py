@@ -20,8 +20,8 @@ import pydantic
 
 from carebot.config import parse_command
 from carebot.errors import InputError
-from carebot.io import read_jsonl, write_json, write_jsonl
-from carebot.text import doc_text, lang_of
+from carebot.io import iter_jsonl, require_records, write_json, write_jsonl, write_text
+from carebot.text import lang_of, record_text
 from carebot.llm import AsyncLLMClient, LLMConfig, Request
 
 RUBRIC = """You are a data-quality rater for a bilingual (Chinese/English) medical language-model corpus.
@@ -75,13 +75,12 @@ def requests_for(items: list[dict], cfg: LabelConfig, rnd: int) -> list[Request]
             for it in items]
 
 
-def load_items(paths: list[str], limit: int | None = None) -> list[dict]:
+def load_items(paths: list[str], limit: int | None = None, allow_empty: bool = False) -> list[dict]:
+    require_records(paths, allow_empty)
     items, seen = [], set()
     for p in paths:
-        if not Path(p).exists():
-            raise InputError(f"{p}: no such input file")
-        for n, rec in enumerate(read_jsonl(p), 1):
-            text = doc_text(rec).strip()
+        for n, rec in iter_jsonl(p):
+            text = record_text(rec, f"{p}:{n}").strip()
             if not text:
                 continue
             rid = str(rec.get("id", f"{Path(p).stem}:{n}"))
@@ -145,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--cache", default=None, help="SQLite cache (default OUT/llm_cache.sqlite)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
     a = parse_command(ap, argv)
+    items = load_items(a.input, a.limit, a.allow_empty)  # bad input stops here, before any output exists
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     llm = LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, concurrency=a.concurrency, timeout_s=a.timeout,
@@ -154,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = LabelConfig(taxonomy=a.taxonomy.split(","), score_gap=a.score_gap, llm=llm)
     print(json.dumps(asdict(cfg), indent=1))
     write_json(out / "config.json", asdict(cfg))
-    items = load_items(a.input, a.limit)
     res = asyncio.run(run_label(items, cfg, progress=not a.no_progress))
     write_jsonl(out / "train.jsonl", res["kept"])
     write_jsonl(out / "dropped.jsonl", res["dropped"])
@@ -167,14 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         by_domain[k["domain"]] = by_domain.get(k["domain"], 0) + 1
     summary = {"items": len(items), "kept": len(res["kept"]), "dropped": reasons, "kept_by_domain": by_domain, "llm": res["stats"]}
     write_json(out / "summary.json", summary)
-    (out / "report.md").write_text(
+    write_text(out / "report.md",
         f"# Label report\n\n{len(items)} items, {len(res['kept'])} kept after {cfg.rounds} rounds "
         f"(score gap < {cfg.score_gap}, domains equal).\n\n| dropped reason | n |\n|---|---|\n"
         + "".join(f"| {k} | {v} |\n" for k, v in reasons.items())
         + f"\nLLM: {res['stats']['requests']} requests, {res['stats']['cache_hits']} cache hits, "
-        f"{res['stats']['prompt_tokens']}+{res['stats']['completion_tokens']} tokens, ${res['stats']['cost_usd']:.4f}\n",
-        encoding="utf-8",
-    )
+        f"{res['stats']['prompt_tokens']}+{res['stats']['completion_tokens']} tokens, ${res['stats']['cost_usd']:.4f}\n")
     print(json.dumps(summary, ensure_ascii=False))
     return 0 if not reasons.get("llm_failed") else 1
 

@@ -25,9 +25,9 @@ from typing import Any, Iterator
 
 from data_tools.curate import pii
 from carebot.config import parse_command
-from carebot.errors import InputError
-from carebot.io import write_json
-from carebot.text import doc_text
+from carebot.commit import Done, output_names
+from carebot.io import parse_line, require_records, write_json, write_text
+from carebot.text import record_text
 
 WORDLISTS = Path(__file__).parent / "wordlists"
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -104,9 +104,9 @@ def check(text: str, cfg: RulesConfig) -> tuple[bool, str]:
     return True, ""
 
 
-def process(rec: dict[str, Any], cfg: RulesConfig) -> tuple[dict[str, Any] | None, str, list[str]]:
+def process(rec: dict[str, Any], cfg: RulesConfig, where: str = "record") -> tuple[dict[str, Any] | None, str, list[str]]:
     """Apply the rules and the PII policy: (kept record or None, drop reason, PII kinds found)."""
-    text = doc_text(rec)
+    text = record_text(rec, where, cfg.text_field)
     keep, reason = check(text, cfg)
     if not keep:
         return None, reason, []
@@ -125,14 +125,13 @@ def process(rec: dict[str, Any], cfg: RulesConfig) -> tuple[dict[str, Any] | Non
     return rec, "", kinds
 
 
-def _batch(lines: list[tuple[int, str]], cfg: RulesConfig, src: str) -> tuple[list[str], list[str], collections.Counter]:
+def _batch(lines: list[tuple[int, bytes]], cfg: RulesConfig, src: str) -> tuple[list[str], list[str], collections.Counter]:
     kept, dropped, stats = [], [], collections.Counter()
     for n, line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{src}:{n}: not valid JSON ({e.msg})") from None
-        out, reason, kinds = process(rec, cfg)
+        rec = parse_line(line, f"{src}:{n}")
+        if rec is None:
+            continue
+        out, reason, kinds = process(rec, cfg, f"{src}:{n}")
         stats["docs"] += 1
         for k in kinds:
             stats[f"pii_found_{k}"] += 1
@@ -145,9 +144,9 @@ def _batch(lines: list[tuple[int, str]], cfg: RulesConfig, src: str) -> tuple[li
     return kept, dropped, stats
 
 
-def _batches(path: Path, size: int) -> Iterator[list[tuple[int, str]]]:
-    buf: list[tuple[int, str]] = []
-    with open(path, encoding="utf-8") as f:
+def _batches(path: Path, size: int) -> Iterator[list[tuple[int, bytes]]]:
+    buf: list[tuple[int, bytes]] = []
+    with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 buf.append((n, line))
@@ -158,40 +157,50 @@ def _batches(path: Path, size: int) -> Iterator[list[tuple[int, str]]]:
         yield buf
 
 
-def run_file(path: Path, out_dir: Path, cfg: RulesConfig, pool=None, batch: int = 500, progress: bool = True) -> dict[str, int]:
-    """Filter one jsonl file -> out_dir/<name>, out_dir/excluded/<name>; skipped if its done-marker exists."""
+def run_file(path: Path, name: str, out_dir: Path, cfg: RulesConfig, pool=None, batch: int = 500,
+             progress: bool = True) -> dict[str, int]:
+    """Filter one jsonl file -> out_dir/<name>, out_dir/excluded/<name>; reused when its completion record
+    names this very input and config."""
     from tqdm.auto import tqdm
 
-    done = out_dir / ".done" / (path.name + ".json")
-    if done.exists():
-        return json.loads(done.read_text())
-    kept_p, excl_p = out_dir / path.name, out_dir / "excluded" / path.name
-    excl_p.parent.mkdir(parents=True, exist_ok=True)
-    stats: collections.Counter = collections.Counter()
+    done = Done(out_dir / ".done" / f"{name}.json", [path], asdict(cfg))
+    if (stats := done.result()) is not None:
+        return stats
+    kept_p, excl_p = out_dir / name, out_dir / "excluded" / name
+    tmp_k, tmp_x = Path(f"{kept_p}.tmp"), Path(f"{excl_p}.tmp")
+    tmp_x.parent.mkdir(parents=True, exist_ok=True)
+    tmp_k.parent.mkdir(parents=True, exist_ok=True)
+    counts: collections.Counter = collections.Counter()
     fn = partial(_batch, cfg=cfg, src=str(path))
     it = pool.imap(fn, _batches(path, batch)) if pool is not None else map(fn, _batches(path, batch))
-    with open(str(kept_p) + ".tmp", "w", encoding="utf-8") as fk, open(str(excl_p) + ".tmp", "w", encoding="utf-8") as fx:
-        for kept, dropped, st in tqdm(it, desc=f"rules {path.name}", unit="batch", disable=not progress):
-            fk.writelines(l + "\n" for l in kept)
-            fx.writelines(l + "\n" for l in dropped)
-            stats.update(st)
-    Path(str(kept_p) + ".tmp").replace(kept_p)
-    Path(str(excl_p) + ".tmp").replace(excl_p)
-    write_json(done, dict(stats))
-    return dict(stats)
+    try:
+        with open(tmp_k, "w", encoding="utf-8") as fk, open(tmp_x, "w", encoding="utf-8") as fx:
+            for kept, dropped, st in tqdm(it, desc=f"rules {name}", unit="batch", disable=not progress):
+                fk.writelines(l + "\n" for l in kept)
+                fx.writelines(l + "\n" for l in dropped)
+                counts.update(st)
+    except BaseException:
+        tmp_k.unlink(missing_ok=True)
+        tmp_x.unlink(missing_ok=True)
+        raise
+    tmp_k.replace(kept_p)
+    tmp_x.replace(excl_p)
+    done.write(dict(counts))
+    return dict(counts)
 
 
-def run(inputs: list[Path], out_dir: Path, cfg: RulesConfig, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+def run(inputs: list[Path], out_dir: Path, cfg: RulesConfig, workers: int = 1, progress: bool = True,
+        allow_empty: bool = False) -> dict[str, Any]:
+    require_records(inputs, allow_empty)
+    names = output_names(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", asdict(cfg))
     t0 = time.time()
     per_file: dict[str, dict[str, int]] = {}
     pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        for p in inputs:
-            if not p.exists():
-                raise InputError(f"{p}: no such input file")
-            per_file[p.name] = run_file(p, out_dir, cfg, pool, progress=progress)
+        for p, name in zip(inputs, names):
+            per_file[name] = run_file(p, name, out_dir, cfg, pool, progress=progress)
     finally:
         if pool is not None:
             pool.close()
@@ -203,7 +212,7 @@ def run(inputs: list[Path], out_dir: Path, cfg: RulesConfig, workers: int = 1, p
     summary = {"totals": dict(total), "per_file": per_file, "seconds": round(secs, 3), "docs_per_s": round(total["docs"] / max(secs, 1e-9), 1)}
     write_json(out_dir / "summary.json", summary)
     rows = "".join(f"| {k} | {v} |\n" for k, v in sorted(total.items()))
-    (out_dir / "report.md").write_text(f"# Rules report\n\n{total['docs']} docs, {total['kept']} kept.\n\n| counter | n |\n|---|---|\n{rows}", encoding="utf-8")
+    write_text(out_dir / "report.md", f"# Rules report\n\n{total['docs']} docs, {total['kept']} kept.\n\n| counter | n |\n|---|---|\n{rows}")
     return summary
 
 
@@ -216,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-units", type=int, default=RulesConfig.min_units)
     ap.add_argument("--min-bad-hits", type=int, default=RulesConfig.min_bad_hits)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
     a = parse_command(ap, argv)
     cfg = RulesConfig(pii=a.pii, min_units=a.min_units, min_bad_hits=a.min_bad_hits)
     print(json.dumps(asdict(cfg)))
-    s = run([Path(p) for p in a.input], Path(a.out), cfg, a.workers, progress=not a.no_progress)
+    s = run([Path(p) for p in a.input], Path(a.out), cfg, a.workers, progress=not a.no_progress, allow_empty=a.allow_empty)
     print(json.dumps(s["totals"]), f"{s['docs_per_s']} docs/s")
     return 0
 

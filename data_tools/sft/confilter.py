@@ -244,15 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no records is not an error")
     a = parse_command(ap, argv)
     if a.agg not in ("mean", "max") or not (a.tau_low <= a.tau_high):
         raise InputError("need tau_low <= tau_high")
     cfg = ConFilterConfig(model=a.model, reply_only=a.reply_only, tau_low=a.tau_low, tau_high=a.tau_high, agg=a.agg,
                           max_len=a.max_len, max_tokens=a.max_tokens, chunk=a.chunk)
+    ds = read_sft(a.input, allow_empty=a.allow_empty)[: a.limit]  # bad input stops here, before any output exists
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
-    ds = read_sft(a.input)[: a.limit]
     s = run(ds, out, cfg, progress=not a.no_progress)
     print(f"kept {s['kept']} / {s['multi_turn_scored']} multi-turn dialogues; report: {out / 'report.md'}")
     return 0

@@ -180,15 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="an input with no records is not an error")
     a = parse_command(ap, argv)
     if a.top_frac is not None and not 0 <= a.top_frac <= 1:
         raise InputError("--top-frac must be in [0, 1]")
     cfg = DeitaConfig(complexity_model=a.complexity_model, quality_model=a.quality_model, max_len=a.max_len,
                       max_tokens=a.max_tokens, threshold=a.threshold, top_frac=a.top_frac, chunk=a.chunk)
+    ds = read_sft(a.input, allow_empty=a.allow_empty)[: a.limit]  # bad input stops here, before any output exists
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(out, cfg)
-    s = run(read_sft(a.input)[: a.limit], out, cfg, progress=not a.no_progress)
+    s = run(ds, out, cfg, progress=not a.no_progress)
     print(f"kept {s['kept']} / {s['scored']} ({s['kept_frac']:.1%}); report: {out / 'report.md'}")
     return 0
 

@@ -23,8 +23,8 @@ from typing import Any, Literal
 import pydantic
 
 from carebot.config import parse_command
-from carebot.errors import InputError
-from carebot.io import read_jsonl, write_json
+from carebot.errors import CareBotError, InputError
+from carebot.io import iter_jsonl, read_jsonl, require_records, write_json, write_text
 from carebot.text import lang_of
 from data_tools.sft.formats import PAIR_FORMATS, Dialogue, Pair, read_sft, write_pairs
 from carebot.llm import LLMClient, LLMConfig, Request
@@ -76,6 +76,20 @@ def _item_rng(seed: int, key: str) -> random.Random:
 def mcq_prompt(item: dict[str, Any]) -> str:
     opts = "\n".join(f"{k}. {v}" for k, v in item["options"].items())
     return f"{item['question']}\n{opts}"
+
+
+def read_mcq(path: str | Path) -> list[dict[str, Any]]:
+    """MCQ items {question, options {letter: text}, answer} of a JSONL file; a malformed one is an InputError
+    naming file:line."""
+    items = []
+    for n, it in iter_jsonl(path):
+        if not isinstance(it.get("question"), str):
+            raise InputError(f"{path}:{n}: 'question' is {type(it.get('question')).__name__}, expected a string")
+        opts = it.get("options")
+        if not isinstance(opts, dict) or it.get("answer") not in opts:
+            raise InputError(f"{path}:{n}: an MCQ item needs options {{A: ..}} and its answer among them")
+        items.append(it)
+    return items
 
 
 def objective_pairs(items: list[dict[str, Any]], seed: int = 0, where: str = "mcq") -> tuple[list[Pair], int]:
@@ -185,36 +199,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--format", choices=PAIR_FORMATS, default="trl")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="0 pairs (or empty inputs) are not an error")
     a = parse_command(ap, argv)
     if not a.mcq and not a.sft:
         raise InputError("give --mcq and/or --sft inputs")
+    require_records(a.mcq + a.sft, a.allow_empty)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"seed": a.seed, "format": a.format}
     obj: list[Pair] = []
     for f in a.mcq:
-        ps, skipped = objective_pairs(list(read_jsonl(f)), a.seed, where=f)
+        ps, skipped = objective_pairs(read_mcq(f), a.seed, where=f)
         obj += ps
         summary.setdefault("objective_skipped", 0)
         summary["objective_skipped"] += skipped
     subj: list[Pair] = []
     if a.sft:
-        dialogues = [d for f in a.sft for d in read_sft(f)]
+        dialogues = [d for f in a.sft for d in read_sft(f, allow_empty=True)]
         prompts = sample_prompts(dialogues, a.n_subjective, a.seed)
         cands = None
         if a.candidates:
             cands = {str(r["id"]): r["answer"] for r in read_jsonl(a.candidates)}
+        out.mkdir(parents=True, exist_ok=True)
         client = LLMClient(LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, concurrency=a.concurrency,
                                      cache_path=str(out / "llm_cache.sqlite")))
         subj, counts = subjective_pairs(client, prompts, cands, progress=not a.no_progress)
         summary["subjective"] = counts
         summary["llm"] = client.stats.as_dict()
     summary["pairs"] = {"objective": len(obj), "subjective": len(subj)}
+    if not obj + subj and not a.allow_empty:
+        raise CareBotError(f"0 pairs made ({json.dumps(summary)}); nothing written (pass --allow-empty to accept)")
     write_pairs(out / "pairs.jsonl", obj + subj, a.format)
     write_json(out / "summary.json", summary)
-    (out / "report.md").write_text(
+    write_text(out / "report.md",
         f"# DPO pairs\n\n{len(obj)} objective + {len(subj)} subjective pairs (paper: 3,708 + 9,019), format `{a.format}`.\n\n"
-        f"```json\n{json.dumps(summary, indent=2)}\n```\n", encoding="utf-8")
+        f"```json\n{json.dumps(summary, indent=2)}\n```\n")
     print(f"{len(obj)} objective + {len(subj)} subjective pairs -> {out / 'pairs.jsonl'}")
     return 0
 

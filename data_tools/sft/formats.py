@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from carebot.errors import InputError
-from carebot.io import iter_jsonl, write_jsonl
+from carebot.io import iter_jsonl, require_records, write_jsonl
 
 SFT_FORMATS = ("openai", "nemo")
 PAIR_FORMATS = ("trl", "trl_text", "nemo", "openai")
@@ -176,8 +176,10 @@ def sft_to_record(d: Dialogue, fmt: str = "openai") -> dict[str, Any]:
     raise ValueError(f"unknown SFT format {fmt!r} (one of {SFT_FORMATS})")
 
 
-def _read(path: str | Path, fmt: str, detect, convert) -> list:
-    """Every record of a JSONL file through `convert`, its dialect detected per record when fmt is auto."""
+def _read(path: str | Path, fmt: str, detect, convert, allow_empty: bool) -> list:
+    """Every record of a JSONL file through `convert`, its dialect detected per record when fmt is auto; an
+    empty file is an InputError unless `allow_empty`."""
+    require_records([path], allow_empty)
     out = []
     for n, rec in iter_jsonl(path):
         try:
@@ -188,8 +190,8 @@ def _read(path: str | Path, fmt: str, detect, convert) -> list:
     return out
 
 
-def read_sft(path: str | Path, fmt: str = "auto") -> list[Dialogue]:
-    return _read(path, fmt, detect_sft, sft_from_record)
+def read_sft(path: str | Path, fmt: str = "auto", allow_empty: bool = False) -> list[Dialogue]:
+    return _read(path, fmt, detect_sft, sft_from_record, allow_empty)
 
 
 def write_sft(path: str | Path, dialogues: Iterable[Dialogue], fmt: str = "openai") -> int:
@@ -271,8 +273,8 @@ def pair_to_record(p: Pair, fmt: str = "trl", tokenizer: Any = None) -> dict[str
     return _rec(p, body)
 
 
-def read_pairs(path: str | Path, fmt: str = "auto") -> list[Pair]:
-    return _read(path, fmt, detect_pair, pair_from_record)
+def read_pairs(path: str | Path, fmt: str = "auto", allow_empty: bool = False) -> list[Pair]:
+    return _read(path, fmt, detect_pair, pair_from_record, allow_empty)
 
 
 def write_pairs(path: str | Path, pairs: Iterable[Pair], fmt: str = "trl", tokenizer: Any = None) -> int:

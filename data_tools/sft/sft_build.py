@@ -24,7 +24,7 @@ import pydantic
 
 from carebot.config import parse_command
 from carebot.errors import InputError
-from carebot.io import read_jsonl, write_json, write_jsonl
+from carebot.io import iter_jsonl, require_records, write_json, write_jsonl
 from carebot.text import lang_of
 from data_tools.sft.formats import SFT_FORMATS, Dialogue, sft_from_record, sft_to_record
 from carebot.llm import LLMClient, LLMConfig
@@ -67,9 +67,7 @@ def to_dialogue(rec: dict[str, Any], where: str) -> tuple[Dialogue, str]:
 def load(paths: list[str]) -> tuple[list[Dialogue], Counter]:
     out, kinds = [], Counter()
     for p in paths:
-        if not Path(p).exists():
-            raise InputError(f"{p}: no such input file")
-        for n, rec in enumerate(read_jsonl(p), 1):
+        for n, rec in iter_jsonl(p):
             d, kind = to_dialogue(rec, f"{p}:{n}")
             if not d.messages or d.messages[0]["role"] != "user" or not any(m["role"] == "assistant" for m in d.messages):
                 raise InputError(f"{p}:{n}: a dialogue must start with a user message and have a reply")
@@ -124,10 +122,11 @@ def unsafe_hits(d: Dialogue) -> list[str]:
 
 
 def build(inputs: list[str], rewrite_inputs: list[str], out: Path, cfg: SFTBuildConfig, client: LLMClient | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
+          progress: bool = True, allow_empty: bool = False) -> dict[str, Any]:
+    require_records(inputs + rewrite_inputs, allow_empty)
     kept, kinds = load(inputs)
     rw, rw_kinds = load(rewrite_inputs)
+    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     if rw:
         if client is None:
@@ -190,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="gpt-4o")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--allow-empty", action="store_true", help="inputs with no records are not an error")
     a = parse_command(ap, argv)
     if not a.input and not a.rewrite:
         raise InputError("give --input and/or --rewrite files")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.rewrite:
         client = LLMClient(LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env,
                                      cache_path=str(out / "llm_cache.sqlite")))
-    s = build(a.input, a.rewrite, out, cfg, client, progress=not a.no_progress)
+    s = build(a.input, a.rewrite, out, cfg, client, progress=not a.no_progress, allow_empty=a.allow_empty)
     print(f"{s['written']} dialogues -> {out / 'sft.jsonl'}; dropped {s['dropped']}")
     return 0
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from carebot.config import parse_command
 from carebot.errors import ConfigError, InputError
-from carebot.io import write_json
+from carebot.io import require_records, write_json
 from carebot.text import lang_codes
 from data_tools.sft.formats import sft_from_record
 from data_tools.tokens.encode import Encoder
@@ -45,6 +45,7 @@ class TokenizeConfig:
     chunk_mb: int = 16  # bounded working set per chunk, whatever the shard size
     verify_docs: int = 256  # documents checked gigatoken == HF tokenizers at start-up
     bucket: str | None = None  # e.g. medical_zh; recorded in the manifest for `carebot data blend`
+    allow_empty: bool = False  # empty inputs are not an error
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -159,6 +160,7 @@ def run(cfg: TokenizeConfig) -> dict:
 
     t0 = time.time()
     files = expand_inputs(cfg.inputs)
+    require_records([f for f in files if f.suffix in (".jsonl", ".json")], cfg.allow_empty)
     render = None
     if cfg.chat:
         render, bos_text = make_renderer(Path(cfg.tokenizer), cfg.json_keys[0])
@@ -325,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail at the first bad record with file:line")
     p.add_argument("--chunk-mb", type=int, default=16, help="bytes of input per chunk (memory stays flat)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    p.add_argument("--allow-empty", action="store_true", help="empty inputs are not an error")
     p.add_argument("--bucket", default=None, help="bucket name for blend, e.g. medical_zh (default: from prefix)")
     # Megatron preprocess_data.py flags that are accepted for drop-in use and have no effect here.
     for flag in ("--partitions", "--log-interval", "--lang", "--vocab-file", "--merge-file"):
@@ -344,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAYON_NUM_THREADS", str(a.workers))
     cfg = TokenizeConfig(inputs=a.input, output_prefix=a.output_prefix, tokenizer=a.tokenizer, json_keys=a.json_keys,
                          bos=a.bos, append_eod=a.append_eod, eod_token=a.eod_token, engine=a.engine, chat=a.chat,
-                         strict=a.strict, chunk_mb=a.chunk_mb, bucket=a.bucket)
+                         strict=a.strict, chunk_mb=a.chunk_mb, bucket=a.bucket, allow_empty=a.allow_empty)
     from data_tools.tokens.token_sources import BadInput
 
     try:

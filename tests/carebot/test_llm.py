@@ -87,3 +87,81 @@ def test_non_retryable_4xx_fails_fast(tmp_path):
         with pytest.raises(LLMError, match="HTTP 404"):
             cli.chat_json(_msgs("z"))
         assert cli.stats.requests == 1
+
+
+class _Raw:
+    """A one-behaviour HTTP server: `handle(handler)` writes the whole response."""
+
+    def __init__(self, handle):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                handle(self)
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.srv.daemon_threads = True
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.srv.server_address[1]}/v1"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.srv.shutdown()
+
+
+def test_timeout_bounds_a_whole_attempt_not_each_read():
+    """A server trickling one byte every 0.25 s never lets a read time out; timeout_s=1 still ends each attempt
+    after 1 s, and deadline_s ends the request."""
+    import time
+
+    def trickle(h):
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        try:
+            for b in body:
+                h.wfile.write(bytes([b]))
+                h.wfile.flush()
+                time.sleep(0.25)
+        except OSError:
+            pass
+
+    with _Raw(trickle) as srv:
+        t0 = time.time()
+        with pytest.raises(LLMError, match="attempts"):
+            LLMClient(LLMConfig(base_url=srv.base_url, model="m", timeout_s=1, max_retries=1, backoff_base_s=0.01)).chat(_msgs("x"))
+        assert time.time() - t0 < 4  # 2 attempts x 1 s (the body alone takes 30 s)
+        t0 = time.time()
+        with pytest.raises(LLMError, match="deadline"):
+            LLMClient(LLMConfig(base_url=srv.base_url, model="m", timeout_s=1, max_retries=50, deadline_s=2.5,
+                                backoff_base_s=0.01)).chat(_msgs("x"))
+        assert time.time() - t0 < 5
+
+
+def test_a_server_echoing_the_key_never_gets_it_into_an_error(tmp_path, monkeypatch):
+    key = "sk-test-0123456789abcdefSECRET"
+    monkeypatch.setenv("CAREBOT_TEST_KEY", key)
+
+    def echo(h):
+        body = json.dumps({"error": {"message": f"bad request; headers: Authorization: {h.headers['Authorization']}"}}).encode()
+        h.send_response(400)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    with _Raw(echo) as srv:
+        c = LLMClient(LLMConfig(base_url=srv.base_url, model="m", api_key_env="CAREBOT_TEST_KEY", max_retries=0))
+        res = c.map_json([Request("a", _msgs("x"))], progress=False)
+    assert not res[0].ok and "400" in res[0].error and "Authorization" in res[0].error
+    assert key not in res[0].error and "0123456789" not in res[0].error, res[0].error
