@@ -99,6 +99,26 @@ def write_jsonl(path: str | Path, recs: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+def trim_log(path: str | Path, last_step: int) -> int:
+    """Keep the rows of a step log (JSONL with a "step" field) up to `last_step`, dropping later rows and a row
+    torn by a kill (cut JSON, no final newline); returns how many rows were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+
+    def step(row: str) -> float:
+        try:
+            return json.loads(row).get("step", 0) if row.endswith("\n") else float("inf")
+        except (ValueError, AttributeError):
+            return float("inf")
+
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(True)
+    keep = [x for x in lines if x.strip() and step(x) <= last_step]
+    if len(keep) != len(lines):
+        write_text(path, "".join(keep))
+    return len(lines) - len(keep)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     path = Path(path)

@@ -22,7 +22,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from carebot.io import write_text
+from carebot.io import trim_log
 from carebot.hardware import cuda_peak
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
@@ -32,7 +32,6 @@ from carebot.run_config import RunConfig
 from pretrain.data import collate, parse_data_path, step_microbatches
 from pretrain.model import build_model, check_model_config, flops_per_token
 from carebot.tokenizer import MegatronTokenizerAdapter, load_tokenizer
-
 
 
 def lm_loss(batch: dict, per_token_loss: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -144,15 +143,9 @@ class Trainer:
     def _trim_metrics(self) -> None:
         """Keep only metrics.jsonl rows up to the step this run starts from: a run killed after its last
         checkpoint logged steps it will now redo, and they must not appear twice."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = path.read_text().splitlines(True)
-        keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= self.iteration]
-        if len(keep) != len(lines):
-            write_text(path, "".join(keep))
-            print(f"[carebot] metrics.jsonl: dropped {len(lines) - len(keep)} row(s) past step {self.iteration}, "
-                  "logged before a crash; those steps run again", flush=True)  # not _log0: may not be rank 0
+        if dropped := trim_log(self.out / "metrics.jsonl", self.iteration):
+            print(f"[carebot] metrics.jsonl: dropped {dropped} row(s) past step {self.iteration} "
+                  "or torn, logged before a crash; those steps run again", flush=True)  # not _log0: may not be rank 0
 
     def _restore(self) -> None:
         """Resume from this run's (or `checkpoint.load`'s) latest checkpoint; else start from `init_from` weights."""
@@ -395,3 +388,4 @@ def stage_main(argv: list[str] | None, prog: str, doc: str, make_stage: Callable
         run(cfg, make_stage(cfg))
         return 0
     return run_command(go, None, prog)
+

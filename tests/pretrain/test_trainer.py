@@ -82,8 +82,9 @@ def test_exact_resume_is_bitwise(tmp_path, base, straight_run):
     # ... after steps 11-15 were logged: what a kill -9 during that save leaves; those steps run again
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in metrics(straight_run)[10:15])
+        f.write(json.dumps(metrics(straight_run)[15])[:30])  # and the row being written when the kill came
     p = run_pretrain(tmp_path, over)
-    assert "metrics.jsonl: dropped 5 row(s) past step 10" in p.stdout
+    assert "metrics.jsonl: dropped 6 row(s) past step 10" in p.stdout
     straight, resumed = metrics(straight_run), metrics(tmp_path)
     assert [r["step"] for r in resumed] == list(range(1, 21))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bitwise (floats compared exactly)
