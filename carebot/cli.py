@@ -90,7 +90,27 @@ def script(main_fn: Callable[[list[str] | None], int | None], prog: str) -> NoRe
     sys.exit(run(main_fn, None, prog))
 
 
+# Training stages: their recipe + overrides are validated here, before the stage module imports torch and
+# megatron-core (seconds), so a bad value is one line at once instead of after the imports.
+RUN_CONFIG_COMMANDS = ("pretrain", "sft", "dpo")
+
+
+def check_run_config(argv: list[str] | None) -> int:
+    """Load and validate the `--config` recipe(s) and `key=value` overrides of a training-stage command line
+    (a ConfigError names the key); `-h` and a line without `--config` are left to the stage's own parser."""
+    argv = list(argv or [])
+    if "--config" not in argv or any(a in ("-h", "--help") for a in argv):
+        return 0
+    from carebot.run_config import load_config
+
+    i = argv.index("--config")
+    load_config([a for a in argv[i + 1:] if not a.startswith("-")], [a for a in argv[:i] if "=" in a])
+    return 0
+
+
 def _call(target: str, argv: list[str], prog: str) -> int:
+    if prog.removeprefix("carebot ") in RUN_CONFIG_COMMANDS and (rc := run(check_run_config, argv, prog)):
+        return rc
     mod, fn = target.split(":")
     return run(getattr(importlib.import_module(mod), fn), argv, prog)
 

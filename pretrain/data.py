@@ -2,6 +2,7 @@
 and a stateless micro-batch schedule (a pure function of consumed samples, so resume is exact)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -40,6 +41,51 @@ def parse_data_path(data_path: Sequence) -> tuple[list[str], list[float] | None]
             raise ConfigError(f"data prefix not found: {p} (missing {' and '.join(p + s for s in missing)}); "
                               "build it with `carebot data tokenize`")
     return prefixes, weights
+
+
+MAX_SCAN_TOKENS = 1 << 28  # max-id check: whole .bin up to this many tokens, else this many in strided chunks
+
+
+def check_data(data_path: Sequence, tokenizer_dir: str, vocab_size: int) -> list[str]:
+    """Every prefix of `data.data_path` checked against the run's tokenizer before anything is built: a
+    readable `.idx` with documents, a `.bin` of exactly the size it describes, the manifest's tokenizer hash
+    equal to this tokenizer's, and no token id >= its vocab. One ConfigError line for the first failure."""
+    import hashlib
+
+    import numpy as np
+
+    from data_tools.tokens.manifest import manifest_path, read_index
+
+    prefixes, _ = parse_data_path(data_path)
+    tj = Path(tokenizer_dir) / "tokenizer.json"
+    ours = hashlib.sha256(tj.read_bytes()).hexdigest() if tj.is_file() else None
+    for p in prefixes:
+        try:
+            dtype, lengths, pointers = read_index(p + ".idx")
+        except ValueError as e:
+            raise ConfigError(f"{e}; rebuild it with `carebot data tokenize`") from None
+        if not len(lengths) or not lengths.sum():
+            raise ConfigError(f"data prefix {p} holds no tokens ({len(lengths)} documents)")
+        size, want = Path(p + ".bin").stat().st_size, int(pointers[-1]) + int(lengths[-1]) * dtype.itemsize
+        if size != want:
+            raise ConfigError(f"{p}.bin: {size:,} bytes, but its .idx describes {want:,} (truncated, or the two "
+                              "files come from different runs); rebuild it with `carebot data tokenize`")
+        mp = manifest_path(p)
+        theirs = (json.loads(mp.read_text()).get("setup") or {}).get("tokenizer_sha256") if mp.is_file() else None
+        if ours and theirs and ours != theirs:
+            raise ConfigError(f"data prefix {p} was tokenized with another tokenizer (sha256 {theirs[:12]}) than "
+                              f"data.tokenizer {tokenizer_dir} ({ours[:12]}); retokenize, or point data.tokenizer "
+                              "at the tokenizer it was made with")
+        tokens = np.memmap(p + ".bin", dtype=dtype, mode="r")
+        if len(tokens) <= MAX_SCAN_TOKENS:
+            top = int(tokens.max())
+        else:  # 64 evenly spaced chunks: a corpus of another tokenizer shows ids past our vocab everywhere
+            n = MAX_SCAN_TOKENS // 64
+            top = max(int(tokens[i : i + n].max()) for i in np.linspace(0, len(tokens) - n, 64).astype(np.int64))
+        if top >= vocab_size:
+            raise ConfigError(f"data prefix {p} holds token id {top}, but the tokenizer {tokenizer_dir} has "
+                              f"{vocab_size} ids: the data was made with another tokenizer; retokenize it")
+    return prefixes
 
 
 def build_gpt_datasets(cfg: RunConfig, tokenizer, num_samples: list[int]) -> list[GPTDataset | None]:

@@ -29,7 +29,7 @@ from pretrain import distributed
 from carebot.config import dump, to_dict
 from carebot.errors import ConfigError
 from carebot.run_config import RunConfig
-from pretrain.data import collate, parse_data_path, step_microbatches
+from pretrain.data import check_data, collate, step_microbatches
 from pretrain.model import build_model, check_model_config, flops_per_token
 from carebot.tokenizer import MegatronTokenizerAdapter, load_tokenizer
 
@@ -85,7 +85,8 @@ class Trainer:
         self.tokenizer = MegatronTokenizerAdapter(self.hf_tokenizer, cfg.data.tokenizer)
         self.vocab_size = self.tokenizer.vocab_size
         check_model_config(cfg.model, cfg.parallel, self.vocab_size)  # before any process group exists
-        parse_data_path(cfg.data.data_path) if self.stage.name == "cpt" else None
+        if self.stage.name == "cpt":  # the data against this tokenizer, before any process group exists
+            check_data(cfg.data.data_path, cfg.data.tokenizer, self.vocab_size)
         distributed.init(cfg.parallel, cfg.train.seed)
         self.dp = mpu.get_data_parallel_world_size()
         self.dp_rank = mpu.get_data_parallel_rank()

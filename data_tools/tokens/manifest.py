@@ -44,6 +44,28 @@ def write_index(idx_path: str | Path, lengths: np.ndarray, dtype: np.dtype) -> N
     os.replace(tmp, idx_path)
 
 
+CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+
+
+def read_index(idx_path: str | Path) -> tuple[np.dtype, np.ndarray, np.ndarray]:
+    """(token dtype, sequence lengths, byte pointers) of a megatron-core `.idx`; a file that is not one, or is
+    cut short, is a ValueError saying which."""
+    raw = Path(idx_path).read_bytes()
+    head = len(INDEX_HEADER) + 8 + 1 + 8 + 8
+    if len(raw) < head or not raw.startswith(INDEX_HEADER):
+        raise ValueError(f"{idx_path}: not a megatron-core index (no {INDEX_HEADER!r} header)")
+    o = len(INDEX_HEADER)
+    version, code = struct.unpack_from("<Q", raw, o)[0], raw[o + 8]
+    n_seq, n_doc = struct.unpack_from("<QQ", raw, o + 9)
+    if version != 1 or code not in CODE_DTYPES:
+        raise ValueError(f"{idx_path}: unsupported index (version {version}, dtype code {code})")
+    if len(raw) < head + n_seq * 12 + n_doc * 8:
+        raise ValueError(f"{idx_path}: truncated ({len(raw)} bytes for {n_seq} sequences)")
+    lengths = np.frombuffer(raw, np.int32, n_seq, head)
+    pointers = np.frombuffer(raw, np.int64, n_seq, head + 4 * n_seq)
+    return CODE_DTYPES[code], lengths, pointers
+
+
 def manifest_path(prefix: str | Path) -> Path:
     return Path(str(prefix) + MANIFEST_SUFFIX)
 

@@ -62,12 +62,22 @@ def test_bad_values_are_refused_at_load(override, message):
     assert message in str(e.value) and len(str(e.value).splitlines()) == 1
 
 
-def test_bad_value_through_the_cli_is_exit_2_one_line(tmp_path):
+@pytest.mark.parametrize("command,recipe", [("pretrain", "tiny_stable_cpt.yaml"), ("sft", "tiny_sft.yaml"),
+                                            ("dpo", "tiny_dpo.yaml")])
+def test_bad_value_through_the_cli_is_exit_2_one_line_before_torch_loads(tmp_path, command, recipe):
+    """The recipe is validated before the stage imports torch / megatron-core: the error comes in well under
+    3 s (it took 8-22 s when the imports came first)."""
     import subprocess
     import sys
+    import time
 
-    p = subprocess.run([sys.executable, "-m", "carebot.cli", "pretrain", "--config", "tiny_stable_cpt.yaml",
-                        f"output_dir={tmp_path}", "train.train_steps=0"], capture_output=True, text=True, timeout=300)
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "carebot.cli", command, "--config", recipe,
+                        f"output_dir={tmp_path}", "train.precision=fp7"], capture_output=True, text=True, timeout=300)
+    secs = time.time() - t0
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1] == ("carebot pretrain: error: train.train_steps=0: must be >= 1 "
-                                                 "(or set train.epochs)")
+    errors = [l for l in p.stderr.splitlines() if "error:" in l]
+    assert errors == [f"carebot {command}: error: train.precision='fp7': one of auto, bf16, fp32"]
+    imported = {l.split("|")[-1].strip() for l in p.stderr.splitlines() if l.startswith("import time:")}
+    assert "torch" not in imported and "megatron.core" not in imported
+    assert secs < 3, f"{secs:.1f} s"
