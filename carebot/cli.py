@@ -13,6 +13,7 @@ import warnings
 from typing import Callable, NoReturn
 
 from carebot.errors import CareBotError, one_line
+from carebot.procs import children_die_with_me
 
 # What the command line reports as one line + exit 2: the stack's own errors and what the file system says
 # about a path the user gave (missing, a directory where a file goes, a file where a directory goes, read-only,
@@ -76,6 +77,7 @@ def resolve(argv: list[str]) -> tuple[str | None, list[str]]:
 def run(main_fn: Callable[[list[str] | None], int | None], argv: list[str] | None = None, prog: str = "carebot") -> int:
     """`main_fn(argv)` as the command line runs it: its exit status, or 2 with one line on stderr when it raises
     a CareBotError / FileNotFoundError (a `main()` returning non-zero for a real failure keeps its status)."""
+    children_die_with_me()
     try:
         return int(main_fn(argv) or 0)
     except (*USER_ERRORS, OSError) as e:

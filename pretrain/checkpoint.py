@@ -70,8 +70,27 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _writer_queue_dies_with_us() -> None:
+    """megatron-core's file writer collects results through a multiprocessing Manager it spawns on first use
+    (a server process that no hook reaches); start that Manager ourselves with `die_with_parent`, so a kill -9
+    of the trainer does not leave it (and its resource tracker) running under PID 1."""
+    import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
+
+    from carebot.procs import die_with_parent
+
+    if getattr(fa, "_results_queue", False) is None:  # the private global it caches the queue in
+        manager = SyncManager(ctx=mp.get_context("spawn"))
+        manager.start(initializer=die_with_parent)
+        fa._results_queue = manager.Queue()
+        fa._carebot_manager = manager  # keep it referenced for the life of the process
+
+
 def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: dict, keep_last: int = 2) -> Path:
     """Save on every rank; rank 0 publishes it atomically once all ranks are done."""
+    _writer_queue_dies_with_us()
     root = Path(root)
     final = root / f"iter_{iteration:07d}"
     tmp = root / f"iter_{iteration:07d}.tmp"

@@ -79,7 +79,9 @@ class Encoder:
 
             import data_tools.tokens.encode as this  # picklable by module name even when run as __main__
 
-            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            from carebot.procs import die_with_parent
+
+            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
                 fut = pool.submit(this.hf_facts, str(tj), eod_token, sample if engine == "auto" else [])
                 import gigatoken
 
