@@ -20,9 +20,13 @@ _DOC = re.compile(r"<document>\s*(.*?)\s*</document>", re.S)
 
 
 def _doc_text(messages: list[dict]) -> str:
-    last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
-    m = _DOC.search(last)
-    return m.group(1) if m else last
+    """The document of a label prompt: from the last user message that holds one (a re-ask after an invalid
+    reply holds none, and must be answered about the same document), else the last user message."""
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    for u in reversed(users):
+        if m := _DOC.search(u):
+            return m.group(1)
+    return users[-1] if users else ""
 
 
 def rule_quality(text: str) -> int:

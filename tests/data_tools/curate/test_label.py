@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from launch.demo.responders import rule_labeler
 from tests.fixtures.fake_openai import Faults, FakeOpenAI
 from data_tools.curate.label import LabelConfig, load_items, main, requests_for
 from carebot.llm import AsyncLLMClient, DiskCache, LLMConfig
@@ -63,6 +64,11 @@ def test_label_1000_with_faults_then_kill9_resume(tmp_path, data_root):
         rounds = [json.loads(l) for l in open(out / "rounds.jsonl", encoding="utf-8")]
         assert len(rounds) == n == len({r["id"] for r in rounds}) == summary["items"]
         assert all(len(r["answers"]) == 2 and all("error" not in a for a in r["answers"]) for r in rounds)
+        # every answer labels the document, also after a bad-JSON reply and its re-ask (the re-ask is not labeled)
+        by_id = {r["id"]: r["answers"] for r in rounds}
+        wrong = [r.id for rnd in (1, 2) for r in requests_for(items, cfg, rnd)
+                 if json.loads(rule_labeler(r.messages, r.params))["quality"] != by_id[r.id.split("#")[0]][rnd - 1]["quality"]]
+        assert wrong == [], f"{len(wrong)} answers are not the document's label"
         kept = [json.loads(l) for l in open(out / "train.jsonl", encoding="utf-8")]
         dropped = [json.loads(l) for l in open(out / "dropped.jsonl", encoding="utf-8")]
         assert len(kept) + len(dropped) == n and len({k["id"] for k in kept + dropped}) == n
