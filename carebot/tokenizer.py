@@ -3,6 +3,7 @@ and build the real LLaMA-3 tokenizer offline from the BPE ranks that `quicktok-v
 from __future__ import annotations
 
 import base64
+import os
 import struct
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def build_llama3_tokenizer(out_dir: str | Path) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, model_max_length=8192, bos_token="<|begin_of_text|>",
                                    eos_token="<|eot_id|>", pad_token="<|end_of_text|>",
                                    chat_template=LLAMA3_CHAT_TEMPLATE)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # per process: parallel first runs never share it
     fast.save_pretrained(tmp)
     for f in tmp.iterdir():  # tokenizer.json last: it marks completion
         if f.name != "tokenizer.json":
@@ -122,7 +123,7 @@ def train_small_bpe(texts, out_dir: str | Path, vocab_size: int = 4096) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
                                    pad_token="<|end_of_text|>", chat_template=LLAMA3_CHAT_TEMPLATE,
                                    model_max_length=8192)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # per process: parallel first runs never share it
     fast.save_pretrained(tmp)
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(tmp.iterdir(), key=lambda f: f.name == "tokenizer.json"):  # tokenizer.json last

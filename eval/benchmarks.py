@@ -205,10 +205,19 @@ def _from_record(d: dict, where: str, fallback_id: str) -> MCQItem:
 
 
 def _csv_rows(path: Path, header: bool) -> list[tuple[int, list[str]]]:
+    """(first line of the record, fields) per non-empty record; a quoted field may span lines."""
+    rows, prev = [], 0
     with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    start = 1 if header else 0
-    return [(i + 1, r) for i, r in enumerate(rows) if i >= start and r]
+        reader = csv.reader(f)
+        for r in reader:
+            rows.append((prev + 1, r))
+            prev = reader.line_num
+    return [(ln, r) for i, (ln, r) in enumerate(rows) if (i >= 1 or not header) and r]
+
+
+# Fields a row needs per CSV family (question, 4 options, answer; CMMLU / C-Eval lead with an id column).
+CSV_FIELDS = {"mmlu": (6, "question,A,B,C,D,answer"), "cmmlu": (7, ",Question,A,B,C,D,Answer"),
+              "ceval": (7, "id,question,A,B,C,D,answer[,explanation]")}
 
 
 def _load_csv_dir(root: Path, family: str, split: str, subjects: tuple[str, ...]) -> list[MCQItem]:
@@ -225,8 +234,11 @@ def _load_csv_dir(root: Path, family: str, split: str, subjects: tuple[str, ...]
         if path is None:
             raise BenchmarkError(f"{root}: no {family} file for subject {subj!r} split {split!r} "
                                  f"(looked for {', '.join(str(c) for c in cands)})")
+        need, cols = CSV_FIELDS[family]
         for ln, r in _csv_rows(path, header=family != "mmlu"):
             where = f"{path}:{ln}"
+            if len(r) < need:
+                raise BenchmarkError(f"{where}: {family} row has {len(r)} field(s), expected {need} ({cols})")
             if family == "mmlu":  # question,A,B,C,D,answer
                 q, opts, ans, iid = r[0], r[1:5], r[5] if len(r) > 5 else "", f"{subj}-{ln}"
             elif family == "cmmlu":  # ,Question,A,B,C,D,Answer
@@ -283,28 +295,74 @@ def load_items(path: str | Path, *, family: str = "", split: str = "", subjects:
 
 def load_benchmark(name: str, path: str | Path | None = None, *, split: str | None = None,
                    subjects: tuple[str, ...] | None = None, limit: int | None = None,
-                   answers: str | Path | None = None) -> list[MCQItem]:
-    """Items of one benchmark: default file under data_dir() unless `path`; medical-subject and split filters."""
+                   answers: str | Path | None = None, limit_seed: int = 0, info: dict | None = None) -> list[MCQItem]:
+    """Items of one benchmark: default file under data_dir() unless `path`; medical-subject and split filters;
+    `limit` draws a seeded subject-stratified subset (`stratified_subset`). A dict passed as `info` receives
+    what was dropped and sampled: n, n_total, subset, limit_seed, subjects, subjects_total, missing_subjects,
+    dropped {"split": n, "subjects": {name: n}}."""
     spec = get_spec(name)
     split = spec.split if split is None else split
-    subjects = spec.subjects if subjects is None else subjects
+    explicit, subjects = subjects is not None, spec.subjects if subjects is None else tuple(subjects)
     if path is None:
         if not spec.path:
             raise BenchmarkError(f"{name}: no local copy ships with the data; pass --path to the upstream files")
         from carebot.paths import data_dir
         path = data_dir() / spec.path
     items = load_items(path, family=spec.template, split=split, subjects=subjects, answers=answers)
+    dropped: dict = {"split": 0, "subjects": {}, "kept_split": split}
     # Filters apply only when the file carries the field (upstream CSVs are already per split/subject).
     if split and any(it.split for it in items):
-        items = [it for it in items if it.split == split]
-    if subjects and any(it.subject for it in items) and spec.template != "cmb":
+        kept = [it for it in items if it.split == split]
+        dropped["split"], items = len(items) - len(kept), kept
+    # CMB's exam subjects are filtered only on request (the benchmark has no subject list of its own)
+    filtered = bool(subjects) and any(it.subject for it in items) and (explicit or spec.template != "cmb")
+    if explicit and subjects and items and not filtered:
+        raise BenchmarkError(f"{path}: subjects {', '.join(subjects)} asked for, but {name}'s items carry no subject")
+    if filtered:
+        for it in items:
+            if it.subject not in subjects:
+                key = it.subject or "(no subject)"
+                dropped["subjects"][key] = dropped["subjects"].get(key, 0) + 1
         items = [it for it in items if it.subject in subjects]
     if not items:
         raise BenchmarkError(f"{path}: no items for {name} (split={split!r}, subjects={subjects})")
     missing = [it.id for it in items if not it.answer]
     if missing:
         raise BenchmarkError(f"{path}: {len(missing)} items without a gold answer (first: {missing[0]})")
-    return items[:limit] if limit else items
+    out = stratified_subset(items, limit, limit_seed) if limit else items
+    if info is not None:
+        info.update(n=len(out), n_total=len(items), subset=len(out) < len(items),
+                    limit_seed=limit_seed if len(out) < len(items) else None,
+                    subjects=_counts(out), subjects_total=_counts(items), dropped=dropped,
+                    missing_subjects=[s for s in subjects if filtered and not any(it.subject == s for it in items)])
+    return out
+
+
+def _counts(items: list[MCQItem]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for it in items:
+        out[it.subject] = out.get(it.subject, 0) + 1
+    return out
+
+
+def stratified_subset(items: list[MCQItem], limit: int, seed: int = 0) -> list[MCQItem]:
+    """`limit` items, allocated to subjects in proportion by largest remainder (each subject within +-1 of
+    limit * n_s / N; ties go to the subject name that sorts first), a seeded sample inside each subject
+    (random.Random(f"{seed}-{subject}")), returned in the original order. Items without a subject are one stratum."""
+    if limit <= 0:
+        raise BenchmarkError(f"limit must be a positive number of items, got {limit}")
+    if limit >= len(items):
+        return list(items)
+    by: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by.setdefault(it.subject, []).append(i)
+    n = len(items)
+    quota = {s: limit * len(ix) // n for s, ix in by.items()}
+    rest = sorted(by, key=lambda s: (-(limit * len(by[s]) % n), s))[: limit - sum(quota.values())]
+    keep: set[int] = set()
+    for s, ix in by.items():
+        keep.update(random.Random(f"{seed}-{s}").sample(ix, quota[s] + (s in rest)))
+    return [it for i, it in enumerate(items) if i in keep]
 
 
 def fewshot_pool(name: str, path: str | Path | None, items: list[MCQItem]) -> list[MCQItem]:

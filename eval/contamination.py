@@ -26,6 +26,10 @@ EXTRA_ALIASES = {"cmb_clin": ["cmb_clin", "CMB-Clin"], "cmtmedqa": ["cmtmedqa", 
                  "huatuo26m": ["huatuo26m", "Huatuo26M-test", "huatuo26m_test"]}
 
 
+SKIPPED = ("contamination check skipped: no decontamination manifest (pass --decontam-manifest, or put "
+           "decontam_manifest.json in the model dir)")
+
+
 class ContaminationError(CareBotError):
     """The model was trained on data overlapping a benchmark being run."""
 
@@ -79,14 +83,19 @@ def overlaps(manifest_path: str | Path) -> dict[str, int]:
 
 def check_contamination(model_dir: str | Path, benchmarks: tuple[str, ...] | list[str], policy: str = "error",
                         manifest: str | Path | None = None) -> dict:
-    """Return {"manifest", "overlap": {bench: n}, "policy"}; raise ContaminationError under policy 'error'."""
+    """Return {"manifest", "overlap": {bench: n}, "policy", "checked"} (+ "skipped": why, when nothing was checked);
+    raise ContaminationError under policy 'error'. With no manifest the check cannot run, and says so."""
     if policy not in ("error", "warn", "off"):
         raise ConfigError(f"contamination policy must be error|warn|off, got {policy!r}")
     if manifest is None:
         cand = Path(model_dir) / "decontam_manifest.json"
         manifest = cand if cand.exists() else None
     if policy == "off" or manifest is None:
-        return {"manifest": str(manifest) if manifest else None, "overlap": {}, "policy": policy, "checked": False}
+        why = "policy off" if policy == "off" else "no manifest"
+        if why == "no manifest":
+            print(SKIPPED)
+        return {"manifest": str(manifest) if manifest else None, "overlap": {}, "policy": policy, "checked": False,
+                "skipped": why}
     ov = {b: n for b, n in overlaps(manifest).items() if b in benchmarks and n > 0}
     if ov:
         msg = (f"CONTAMINATION: {manifest} lists training-data overlap with "

@@ -6,6 +6,8 @@ Two scorers, chosen per benchmark (`--mode auto` takes the benchmark's default):
   Deterministic: N runs are identical by construction, so it is computed once and the report says so.
 - generate: the model writes an answer that `eval.extract` reads (zh + en patterns, multi-answer for CMB);
   exact set match. Greedy is deterministic; with --temperature > 0 each seed samples differently.
+`--limit` (N, or per benchmark: 150,medqa=100) evaluates a seeded (`--limit-seed`) subject-stratified subset; the run
+prints it, every item the split / subject filters drop, and records both in the result and the reports.
 Headline = mean (and std) over the seeds. Option-order permutation is a separate robustness section,
 never mixed into the headline. Every (benchmark, seed) result is written atomically, so a rerun resumes.
 """
@@ -16,6 +18,7 @@ import collections
 import dataclasses
 import json
 import logging
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,10 @@ class MCQConfig:
     mode: str = "auto"  # auto | loglik | generate
     shots: int = 0  # k-shot from the dev split (0-shot default, as CareBot reports)
     seeds: tuple[int, ...] = (0, 1, 2)
-    limit: int | None = None
+    limit: int | None = None  # items per benchmark (a seeded subject-stratified subset); None = all
+    limits: dict[str, int] = field(default_factory=dict)  # benchmark -> its own limit (over `limit`)
+    limit_seed: int = 0  # which subset `limit` draws
+    subjects: dict[str, tuple[str, ...]] = field(default_factory=dict)  # benchmark -> subjects (over the spec's)
     max_new_tokens: int = 16
     temperature: float = 0.0
     chat: bool = False  # wrap generate-mode prompts in the tokenizer's chat template
@@ -103,7 +109,12 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
     spec = B.get_spec(name)
     path = cfg.paths.get(name)
-    items = B.load_benchmark(name, path, limit=cfg.limit, answers=cfg.answers.get(name))
+    limit = cfg.limits.get(name, cfg.limit)
+    info: dict = {}
+    items = B.load_benchmark(name, path, limit=limit, answers=cfg.answers.get(name), limit_seed=cfg.limit_seed,
+                             subjects=cfg.subjects.get(name), info=info)
+    for line in describe_items(name, info):
+        print(line)
     pool = B.fewshot_pool(name, path, items) if cfg.shots else []
     if cfg.shots and not pool:
         raise ConfigError(f"{name}: --shots {cfg.shots} needs a dev split (pass --path to the upstream CSV dir)")
@@ -111,7 +122,11 @@ def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
     deterministic = (mode == "loglik" and cfg.shots == 0) or (mode == "generate" and cfg.temperature == 0 and cfg.shots == 0)
     # What a stored result depends on: a rerun with other settings must not silently reuse it.
     fp = {"model": str(cfg.engine.model), "path": str(path or spec.path), "mode": mode, "shots": cfg.shots,
-          "limit": cfg.limit, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat}
+          "limit": limit, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens, "chat": cfg.chat}
+    if limit:  # (absent for full runs, so a full run stored before these keys existed still resumes)
+        fp.update(limit_seed=cfg.limit_seed, sampling="subject-stratified")
+    if name in cfg.subjects:
+        fp["subjects"] = list(cfg.subjects[name])
     runs = []
     for seed in cfg.seeds:
         f = out / name / f"seed{seed}.json"
@@ -146,7 +161,9 @@ def run_benchmark(engine, cfg: MCQConfig, name: str, out: Path) -> dict:
     res = {"title": spec.title, "lang": spec.lang, "mode": mode, "shots": cfg.shots, "n": runs[0]["n"],
            "runs": runs, "acc_mean": acc_m, "acc_std": acc_s, "acc_norm_mean": nrm_m, "acc_norm_std": nrm_s,
            "deterministic": deterministic, "randomness": why,
-           "top_answer": runs[0].get("top_answer"), "top_answer_share": runs[0].get("top_answer_share")}
+           "top_answer": runs[0].get("top_answer"), "top_answer_share": runs[0].get("top_answer_share"),
+           **{k: info[k] for k in ("n_total", "subset", "limit_seed", "subjects", "subjects_total", "dropped",
+                                   "missing_subjects")}}
     if cfg.permutations:
         res["robustness"] = option_order_robustness(engine, cfg, spec, items, out / name)
     return res
@@ -195,6 +212,66 @@ def run_mcq(cfg: MCQConfig) -> dict:
     return summary
 
 
+def describe_items(name: str, info: dict) -> list[str]:
+    """The lines a run prints about what it evaluates: the subset drawn, and every item left out of the file."""
+    out = []
+    subj = {k: v for k, v in info["subjects"].items() if k}
+    if info["subset"]:
+        kind = "subject-stratified" if len(info["subjects"]) > 1 else "random"
+        counts = f" ({', '.join(f'{k} {v}' for k, v in subj.items())})" if subj else ""
+        out.append(f"{name}: seeded (seed {info['limit_seed']}) {kind} subset of {info['n']} of {info['n_total']} "
+                   f"items{counts}")
+    d = info["dropped"]
+    n_sub = sum(d["subjects"].values())
+    if d["split"] or n_sub:
+        parts = ([f"{d['split']} not in split {d.get('kept_split')!r}"] if d["split"] else []) + (
+            [f"{n_sub} of subjects not evaluated ("
+             + ", ".join(f"{k} {v}" for k, v in sorted(d["subjects"].items())) + ")"] if n_sub else [])
+        out.append(f"{name}: dropped {d['split'] + n_sub} items from the file: " + "; ".join(parts))
+    if info.get("missing_subjects"):
+        out.append(f"{name}: no items for subjects {', '.join(info['missing_subjects'])} in the file")
+    return out
+
+
+def parse_limits(text: str | None) -> tuple[int | None, dict[str, int]]:
+    """`150` (every benchmark), `medqa=100,mmlu_med=150`, or `150,medqa=100` -> (default, per benchmark)."""
+    default, per = None, {}
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        k, _, v = part.rpartition("=")
+        k = k.strip()
+        if k and k not in B.BENCHMARKS:
+            raise ConfigError(f"--limit: unknown benchmark {k!r}; known: {', '.join(B.BENCHMARKS)}")
+        if not re.fullmatch(r"\s*[0-9]+\s*", v) or int(v) <= 0:
+            raise ConfigError(f"--limit expects N, BENCH=N or a comma list of them (N > 0), got {part!r}")
+        if (k in per) if k else (default is not None):
+            raise ConfigError(f"--limit: {k or 'the default'} given twice in {text!r}")
+        if k:
+            per[k] = int(v)
+        else:
+            default = int(v)
+    return default, per
+
+
+def parse_subjects(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """Repeatable `--subjects BENCH=s1,s2` -> {bench: (s1, s2)}."""
+    out: dict[str, tuple[str, ...]] = {}
+    for s in items:
+        k, eq, v = s.partition("=")
+        k = k.strip()
+        subj = tuple(dict.fromkeys(x.strip() for x in v.split(",") if x.strip()))
+        if not eq or not subj:
+            raise ConfigError(f"--subjects expects BENCH=subject1,subject2, got {s!r}")
+        if k not in B.BENCHMARKS:
+            raise ConfigError(f"--subjects: unknown benchmark {k!r}; known: {', '.join(B.BENCHMARKS)}")
+        if k in out:
+            raise ConfigError(f"--subjects: {k} given twice")
+        out[k] = subj
+    return out
+
+
 def add_engine_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", required=True, help="HF model directory (config, weights, tokenizer)")
     ap.add_argument("--engine", choices=["hf", "vllm"], default="hf")
@@ -231,7 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["auto", "loglik", "generate"], default="auto")
     ap.add_argument("--shots", type=int, default=0)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--limit", default=None, metavar="N|BENCH=N,...",
+                    help="a seeded subject-stratified subset: N items of every benchmark, or per benchmark (150,medqa=100)")
+    ap.add_argument("--limit-seed", type=int, default=0, help="which subset --limit draws (default 0)")
+    ap.add_argument("--subjects", action="append", default=[], metavar="BENCH=S1,S2",
+                    help="subjects of a benchmark, over its medical list (repeatable)")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--chat", action="store_true")
@@ -242,15 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     benches = tuple(b.strip() for b in a.benchmarks.split(",") if b.strip())
     for b in benches:
         B.get_spec(b)
+    limit, limits = parse_limits(a.limit)
     cfg = MCQConfig(engine=engine_from_args(a), out=a.out, name=a.name, benchmarks=benches, paths=_kv(a.path, "--path"),
                     answers=_kv(a.answers, "--answers"), mode=a.mode, shots=a.shots,
-                    seeds=tuple(int(s) for s in a.seeds.split(",")), limit=a.limit, max_new_tokens=a.max_new_tokens,
+                    seeds=tuple(int(s) for s in a.seeds.split(",")), limit=limit, limits=limits,
+                    limit_seed=a.limit_seed, subjects=parse_subjects(a.subjects), max_new_tokens=a.max_new_tokens,
                     temperature=a.temperature, chat=a.chat, permutations=a.permutations,
                     contamination=a.contamination, decontam_manifest=a.decontam_manifest)
     s = run_mcq(cfg)
     print(f"wrote {Path(a.out) / 'mcq_report.md'}")
     for b, r in s["benchmarks"].items():
-        print(f"{r['title']:<12} acc {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}  (n={r['n']}, {r['mode']})")
+        n = f"{r['n']} of {r['n_total']}, subset" if r.get("subset") else r["n"]
+        print(f"{r['title']:<12} acc {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f}  (n={n}, {r['mode']})")
     return 0
 
 

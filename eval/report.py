@@ -27,22 +27,61 @@ def _fmt(x: float | None, nd: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def n_cell(r: dict) -> str:
+    """A benchmark result's n: `150 of 1089 (subset)` when --limit drew a subset."""
+    return f"{r['n']} of {r['n_total']} (subset)" if r.get("subset") else str(r["n"])
+
+
+def top_answer_warnings(benchmarks: dict) -> list[str]:
+    """Benchmarks where one answer covers >= 90% of (at least 20) items: at chance however they score."""
+    out = []
+    for r in benchmarks.values():
+        share = r.get("top_answer_share")
+        if share is not None and share >= 0.9 and r.get("n", 0) >= 20:
+            out.append(f"{r['title']} ('{r['top_answer']}' on {100 * share:.0f}% of items)")
+    return out
+
+
+def dropped_text(benchmarks: dict) -> str:
+    """One line: items each benchmark's file held that the split / subject filters left out ("" if none)."""
+    parts = []
+    for r in benchmarks.values():
+        d = r.get("dropped") or {}
+        subj = d.get("subjects") or {}
+        if d.get("split") or subj:
+            bits = ([f"{d['split']} not in split {d.get('kept_split')!r}"] if d.get("split") else []) + [f"{k} {v}" for k, v in sorted(subj.items())]
+            parts.append(f"{r['title']}: {d.get('split', 0) + sum(subj.values())} ({', '.join(bits)})")
+    return ("Items dropped from the benchmark files (another split / subjects not evaluated): "
+            + "; ".join(parts) + ".") if parts else ""
+
+
 def mcq_markdown(summary: dict) -> str:
     """Short Markdown for one model's MCQ run: mean ± std over seeds, and how the runs differ."""
     lines = [f"# MCQ evaluation: {summary['model']}", "", f"Model dir: `{summary['model_dir']}`", ""]
     c = summary.get("contamination") or {}
     if c.get("overlap"):
         lines += [f"**CONTAMINATED** (manifest `{c['manifest']}`): " + ", ".join(f"{b}: {n} items" for b, n in c["overlap"].items()), ""]
+    elif c.get("skipped") == "no manifest":
+        lines += ["**Contamination check skipped**: no decontamination manifest (pass `--decontam-manifest`, or put "
+                  "`decontam_manifest.json` in the model dir).", ""]
+    elif c.get("skipped"):
+        lines += [f"Contamination check skipped ({c['skipped']}).", ""]
     lines += ["| benchmark | n | mode | shots | acc (mean ± std) | acc_norm (mean ± std) | runs | top answer |",
               "|---|---|---|---|---|---|---|---|"]
-    biased = []
     for b, r in summary["benchmarks"].items():
         share = r.get("top_answer_share")
         top = f"{r['top_answer']} {100 * share:.0f}%" if share is not None else "–"
-        lines.append(f"| {r['title']} | {r['n']} | {r['mode']} | {r['shots']} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
+        lines.append(f"| {r['title']} | {n_cell(r)} | {r['mode']} | {r['shots']} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} "
                      f"| {100 * r['acc_norm_mean']:.2f} ± {100 * r['acc_norm_std']:.2f} | {len(r['runs'])} | {top} |")
-        if share is not None and share >= 0.9 and r["n"] >= 20:
-            biased.append(f"{r['title']} ('{r['top_answer']}' on {100 * share:.0f}% of items)")
+    subsets = [r for r in summary["benchmarks"].values() if r.get("subset")]
+    if subsets:
+        lines += ["", "Subsets (seeded, subject-stratified; not comparable to full-benchmark numbers): " + "; ".join(
+            f"{r['title']} seed {r['limit_seed']}: " + (", ".join(f"{k} {v}" for k, v in (r.get("subjects") or {}).items() if k)
+                                                       or f"{r['n']} items") for r in subsets) + "."]
+    dropped = dropped_text(summary["benchmarks"])
+    if dropped:
+        lines += ["", dropped]
+    biased = top_answer_warnings(summary["benchmarks"])
     if biased:
         lines += ["", "**One answer for (nearly) every item**, so these scores say little about knowledge: "
                   + "; ".join(biased) + ". `--permutations N` measures the option-order bias."]
@@ -104,7 +143,14 @@ def scores_of(run: dict) -> dict:
 def table1_rows(runs: list[dict], baselines: list[dict]) -> list[dict]:
     rows = [{"name": b["name"], "source": b["source"],
              "scores": {k: (v, b["std"].get(k)) for k, v in b["scores"].items()}} for b in baselines]
-    rows += [{"name": r["name"], "source": f"evaluated here ({r['dir']})", "scores": scores_of(r)} for r in runs if r.get("mcq")]
+    for r in runs:
+        if r.get("mcq"):
+            bs = r["mcq"]["benchmarks"]
+            rows.append({"name": r["name"], "source": f"evaluated here ({r['dir']})", "scores": scores_of(r),
+                         "n": {b: {"n": x.get("n"), "n_total": x.get("n_total", x.get("n")), "subset": bool(x.get("subset"))}
+                               for b, x in bs.items()},
+                         "subset": [b for b, x in bs.items() if x.get("subset")],
+                         "top_answer_warnings": top_answer_warnings(bs)})
     for row in rows:
         s = {k: v[0] for k, v in row["scores"].items()}
         row["avg5"] = statistics.fmean(s[k] for k in TABLE1) if all(k in s for k in TABLE1) else None
@@ -112,20 +158,35 @@ def table1_rows(runs: list[dict], baselines: list[dict]) -> list[dict]:
     return rows
 
 
+SUBSET_NOTE = "† subset: n of N items, seeded stratified sample; not comparable to full-benchmark numbers"
+
+
 def table1_markdown(rows: list[dict]) -> str:
+    """Table 1; cells of evaluated runs on a --limit subset carry `†` and their n (footnote below the table)."""
     head = [BENCHMARKS[k].title for k in TABLE1] + ["Avg. (5)"] + [BENCHMARKS[k].title for k in COLUMNS[5:]] + ["Avg. (7)"]
     lines = ["| Models | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    any_subset = False
+
+    def score(r: dict, k: str) -> str:
+        v = r["scores"].get(k)
+        if v is None:
+            return "–"
+        text = _fmt(v[0]) + (f" ± {_fmt(v[1])}" if v[1] else "")
+        if k in r.get("subset", ()):
+            n = r["n"][k]
+            text += f" † (n {n['n']} of {n['n_total']})"
+        return text
+
+    def avg(r: dict, x: float | None, ks: list[str]) -> str:
+        return _fmt(x) + (" †" if x is not None and set(ks) & set(r.get("subset", ())) else "")
+
     for r in rows:
-        cell = []
-        for k in TABLE1:
-            v = r["scores"].get(k)
-            cell.append("–" if v is None else _fmt(v[0]) + (f" ± {_fmt(v[1])}" if v[1] else ""))
-        cell.append(_fmt(r["avg5"]))
-        for k in COLUMNS[5:]:
-            v = r["scores"].get(k)
-            cell.append("–" if v is None else _fmt(v[0]) + (f" ± {_fmt(v[1])}" if v[1] else ""))
-        cell.append(_fmt(r["avg7"]))
+        any_subset = any_subset or bool(r.get("subset"))
+        cell = [score(r, k) for k in TABLE1] + [avg(r, r["avg5"], TABLE1)]
+        cell += [score(r, k) for k in COLUMNS[5:]] + [avg(r, r["avg7"], COLUMNS)]
         lines.append(f"| {r['name']} | " + " | ".join(cell) + " |")
+    if any_subset:
+        lines += ["", SUBSET_NOTE]
     return "\n".join(lines)
 
 
@@ -273,6 +334,13 @@ def build_report(run_dirs: list[str], out: str | Path, baselines: str | Path | N
                     if r.get("mcq") and (r["mcq"].get("contamination") or {}).get("overlap")]
     for name, ov in contaminated:
         md.append(f"- **{name} is CONTAMINATED on {', '.join(ov)}** (decontamination manifest lists overlap)")
+    for r in rows:
+        if r.get("top_answer_warnings"):
+            md.append(f"- **{r['name']} answers one option on >=90% of items**, so these scores say little about "
+                      f"knowledge: {'; '.join(r['top_answer_warnings'])}")
+    unchecked = [r["name"] for r in runs if r.get("mcq") and (r["mcq"].get("contamination") or {}).get("skipped")]
+    if unchecked:
+        md.append(f"- contamination not checked for {', '.join(unchecked)} (no decontamination manifest, or --contamination off)")
     md += ["", f"![MCQ accuracy]({bars.name})", ""]
     if sig:
         md += [f"## Paired t-test per benchmark (alpha = {alpha}; unit = item, correctness averaged over seeds)", "",

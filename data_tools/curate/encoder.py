@@ -79,9 +79,47 @@ def embed(texts: Sequence[str], cfg: EncoderConfig, progress: bool = False, tok_
     return out
 
 
+CACHE_PARTS_MAX = 64  # parts of one model's embedding cache before a reader merges them into one
+
+
+def _cache_parts(d: Path) -> tuple[dict[str, np.ndarray], list[Path]]:
+    """(entries, the parts they came from) of a cache dir; a part that is cut short, not an .npz, or holds pickled objects
+    (np.load refuses them: allow_pickle stays False) is skipped with a notice and removed."""
+    import sys
+    import zipfile
+
+    store: dict[str, np.ndarray] = {}
+    read = []
+    for f in sorted(d.glob("part-*.npz")):
+        try:
+            with np.load(f) as z:
+                emb, keys = z["emb"], z["keys"]
+            store.update(zip(keys.tolist(), emb))
+            read.append(f)
+        except FileNotFoundError:  # merged away by a concurrent run
+            continue
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+            print(f"[encoder] {f}: not a readable cache part ({type(e).__name__}); ignored", file=sys.stderr)
+            f.unlink(missing_ok=True)
+    return store, read
+
+
+def _write_part(d: Path, store: dict[str, np.ndarray]) -> Path:
+    import os
+    import time
+
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"part-{time.time_ns():020d}-{os.getpid()}"
+    tmp = d / f"{name}.tmp.npz"
+    np.savez(tmp, keys=np.array(list(store)), emb=np.stack(list(store.values())))
+    return tmp.replace(d / f"{name}.npz")
+
+
 def embed_cached(texts: Sequence[str], cfg: EncoderConfig, progress: bool = False) -> np.ndarray:
-    """`embed` with a per-text on-disk cache (cache_dir()/emb/<model-hash>.npz): reruns and a second
-    model trained on the same texts (domain, DataRater) never re-encode."""
+    """`embed` with a per-text on-disk cache (cache_dir()/emb/<model-hash>/): reruns and a second model trained
+    on the same texts (domain, DataRater) never re-encode. Each run adds its new embeddings as a new part
+    (written to a temp name, renamed), and nothing is ever rewritten in place, so runs sharing the cache in
+    parallel lose nothing; past CACHE_PARTS_MAX parts a run merges them (the merged part first, then deletes)."""
     import hashlib
 
     cfg = resolve(cfg)
@@ -89,21 +127,19 @@ def embed_cached(texts: Sequence[str], cfg: EncoderConfig, progress: bool = Fals
     weights = sorted(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in Path(cfg.path).iterdir()
                      if f.suffix in (".safetensors", ".bin"))
     tag = hashlib.sha256(f"{cfg.path}|{cfg.pooling}|{cfg.prefix}|{cfg.max_length}|{weights}".encode()).hexdigest()[:16]
-    path = cache_dir() / "emb" / f"{tag}.npz"
-    keys = [hashlib.sha256(t.encode()).hexdigest()[:24] for t in texts]
-    store: dict[str, np.ndarray] = {}
-    if path.exists():
-        with np.load(path) as z:
-            emb = z["emb"]  # read once: each z[...] access re-reads the whole array from the archive
-            store = dict(zip(z["keys"].tolist(), emb))
+    d = cache_dir() / "emb" / tag
+    keys = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest()[:24] for t in texts]
+    store, read = _cache_parts(d)
     todo = sorted({k: i for i, k in enumerate(keys) if k not in store}.values())
     if todo:
         new = embed([texts[i] for i in todo], cfg, progress=progress)
-        store.update({keys[i]: new[j] for j, i in enumerate(todo)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(list(store)), emb=np.stack(list(store.values())))
-        tmp.rename(path)
+        fresh = {keys[i]: new[j] for j, i in enumerate(todo)}
+        read.append(_write_part(d, fresh))
+        store.update(fresh)
+    if len(read) > CACHE_PARTS_MAX:  # merge what this run read (a part written since is not touched)
+        _write_part(d, store)
+        for f in read:
+            f.unlink(missing_ok=True)
     return np.stack([store[k] for k in keys])
 
 
