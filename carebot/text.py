@@ -13,6 +13,17 @@ _CJK = re.compile("[\u4000-\u9fff]")
 _LATIN = re.compile("[A-Za-z]")
 
 
+# No token of a real vocabulary spans more characters than this: text past `max_tokens * MAX_CHARS_PER_TOKEN`
+# characters cannot reach the first `max_tokens` tokens, so it is cut BEFORE tokenizing (a 50 MB document
+# costs what its head costs, not a whole-text tokenization).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def clip_for_tokens(text: str, max_tokens: int) -> str:
+    """`text` cut to what can reach its first `max_tokens` tokens."""
+    return text[: max_tokens * MAX_CHARS_PER_TOKEN]
+
+
 # every key `doc_text` reads: a record with none of them has no text in any schema we know
 TEXT_KEYS = ("text", "title", "description", "prompt", "instruction", "input", "question", "context", "options",
              "answer", "output", "long_answer", "chosen", "rejected", "chosen_response", "rejected_response",

@@ -119,9 +119,8 @@ def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: d
 
 
 # ------------------------------------------------------------------- nothing in a checkpoint may run code
-# torch.distributed.checkpoint reads `.metadata` with a bare pickle.load and byte items (ShardedObjects such as
-# the RNG state) with torch.load(weights_only=False): a crafted checkpoint directory would run its payload on
-# load. `.metadata` is read first by a restricted unpickler that admits only DCP's own metadata classes, torch
+# torch.distributed.checkpoint unpickles `.metadata` with no restriction, and byte items (ShardedObjects such as
+# the RNG state) with an unrestricted torch.load: a crafted checkpoint directory would run its payload on load. `.metadata` is read first by a restricted unpickler that admits only DCP's own metadata classes, torch
 # sizes / dtypes / layouts; byte items are loaded with weights_only=True while a load is in progress.
 # exactly the classes a torch_dist `.metadata` holds (plus torch sizes and dtypes): nothing else is constructed
 _DCP_ALLOWED = {

@@ -59,6 +59,7 @@ def norm_units(text: str) -> list[str]:
     return [u for u in _UNIT.findall(t) if len(u) > 1 or not ("a" <= u <= "z")]
 
 
+WINDOW = 1 << 18  # units per matching window of a long text
 _P = np.uint64(1099511628211)  # FNV prime: polynomial rolling hash over per-unit hashes, vectorised
 
 
@@ -173,21 +174,30 @@ class Index:
         return pairs[keep, 0], pairs[keep, 1]  # sorted by hash
 
     def match(self, text: str) -> set[int]:
-        """Indices of eval items sharing a gram with text."""
+        """Indices of eval items sharing a gram with text (a long text in windows of WINDOW units, so memory
+        stays bounded: a 50 MB document costs its units, not a dozen gram arrays over all of them)."""
         us = norm_units(text)
         hit: set[int] = set()
         if not self.lengths or len(us) < min(self.lengths) or not len(self.all_h):
             return hit
-        q = np.concatenate(_all_grams(us, self.lengths))
+        joined: list[str] = []
+        over = max(self.lengths) - 1
+        for w in range(0, max(1, len(us) - over), WINDOW):
+            hit |= self._match_units(us, us[w : w + WINDOW + over], joined)
+        return hit
+
+    def _match_units(self, us: list[str], window: list[str], joined: list[str]) -> set[int]:
+        hit: set[int] = set()
+        q = np.concatenate(_all_grams(window, self.lengths))
         pos = np.minimum(np.searchsorted(self.all_h, q), len(self.all_h) - 1)
-        joined = None
         for p in np.nonzero(self.all_h[pos] == q)[0]:
             k = pos[p]
             while k < len(self.all_h) and self.all_h[k] == q[p]:  # a hash may have several owners
                 j = int(self.all_o[k])
                 if self.all_c[k]:
-                    joined = joined or " " + " ".join(us) + " "
-                    if not all(opt in joined for opt in self.mcq[j]):
+                    if not joined:  # built once per text: the options may appear anywhere in it
+                        joined.append(" " + " ".join(us) + " ")
+                    if not all(opt in joined[0] for opt in self.mcq[j]):
                         k += 1
                         continue
                 hit.add(j)

@@ -67,11 +67,14 @@ def embed(texts: Sequence[str], cfg: EncoderConfig, progress: bool = False, tok_
 
     cfg = resolve(cfg)
     tok, model = tok_model or load(cfg)
+    from carebot.text import clip_for_tokens
+
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     for s in tqdm(range(0, len(texts), cfg.batch_size), desc="embed", disable=not progress):
         idx = order[s : s + cfg.batch_size]
-        enc = tok([cfg.prefix + texts[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
+        batch = [clip_for_tokens(cfg.prefix + texts[i], cfg.max_length) for i in idx]  # cut before tokenizing
+        enc = tok(batch, padding=True, truncation=True, max_length=cfg.max_length, return_tensors="pt")
         enc = {k: v.to(cfg.device) for k, v in enc.items()}
         h = model(**enc).last_hidden_state
         e = torch.nn.functional.normalize(pool(h, enc["attention_mask"], cfg.pooling).float(), dim=-1)

@@ -19,11 +19,13 @@ Reply tokens are the content tokens of the reply (not the template's end-of-turn
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from carebot.config import parse_command
+from carebot.text import clip_for_tokens
 from carebot.errors import InputError
 from carebot.io import write_json, write_jsonl
 from data_tools.sft.formats import Dialogue, read_sft, render_chat, sft_to_record
@@ -215,7 +217,11 @@ def write_report(out: Path, results: list[dict[str, Any]], summary: dict[str, An
 def run(dialogues: list[Dialogue], out: Path, cfg: ConFilterConfig, sc: Scorer | None = None, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     sc = sc or load_scorer(cfg.model)
-    results = run_chunks(dialogues, out, cfg.chunk, lambda ds: score_batch(sc, ds, cfg), "confilter", progress)
+    def clipped(d: Dialogue) -> Dialogue:  # text past max_len tokens is never scored: cut it before tokenizing
+        return dataclasses.replace(d, messages=[{**m, "content": clip_for_tokens(m["content"], cfg.max_len)} for m in d.messages])
+
+    results = run_chunks(dialogues, out, cfg.chunk, lambda ds: score_batch(sc, [clipped(d) for d in ds], cfg), "confilter",
+                         progress)
     write_jsonl(out / "scores.jsonl", results)
     kept = []
     for d, r in zip(dialogues, results):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from carebot.config import parse_command
+from carebot.text import clip_for_tokens
 from carebot.errors import InputError
 from carebot.io import write_json, write_jsonl
 from data_tools.sft.formats import Dialogue, read_sft, sft_to_record
@@ -57,8 +58,9 @@ def digit_ids(tokenizer: Any) -> tuple[list[int], bool]:
 
 def encode_prompt(sc: Scorer, prompt: str, max_len: int) -> list[int]:
     """Prompt ids as Deita encodes them (tokenizer default specials: BOS for LLaMA); too long -> head + tail."""
-    ids = sc.tokenizer(prompt)["input_ids"]
-    if len(ids) <= max_len:
+    head = clip_for_tokens(prompt, max_len)  # a huge prompt is cut before tokenizing: only its head is kept
+    ids = sc.tokenizer(head)["input_ids"]
+    if len(ids) <= max_len and head == prompt:
         return ids
     tail = sc.tokenizer(prompt[prompt.rindex("\n"):], add_special_tokens=False)["input_ids"]
     return ids[: max_len - len(tail)] + tail

@@ -83,3 +83,18 @@ def test_inject_sample_cpt_sft_dpo(tmp_path, data_root, index):
 @pytest.mark.slow
 def test_inject_every_item_cpt_sft_dpo(tmp_path, data_root, index):
     _run(tmp_path, data_root, index, stride=1)
+
+
+def test_a_long_document_is_matched_in_windows_across_their_seams(index, data_root, monkeypatch):
+    """A long text is matched window by window (bounded memory); an eval item planted across every seam of
+    small windows is still found, exactly as with one window over the whole text."""
+    from data_tools.curate import decontam as D
+
+    filler = " ".join(r["text"] for r in read_jsonl(data_root / "general/wikitext2_paragraphs_en.jsonl", 40))
+    items = read_jsonl(data_root / "benchmarks/medqa_usmle_4opt_test.jsonl", 30)
+    text = "\n".join(filler[i * 3000:(i + 1) * 3000] + "\n" + _render("medqa", it) for i, it in enumerate(items[:10]))
+    whole = index.match(text)
+    assert len(whole) >= 10
+    for w in (37, 101, 500):
+        monkeypatch.setattr(D, "WINDOW", w)
+        assert index.match(text) == whole
