@@ -206,7 +206,7 @@ def load(ckpt_dir: Path, model, optimizer=None, scheduler=None) -> dict:
     same_layout = meta.get("layout") == _layout()
     if optimizer is not None and same_layout:
         request["rng_state"] = _rng_state()
-    read_dist_metadata(ckpt_dir)  # refuses a crafted .metadata before megatron pickle-loads it
+    read_dist_metadata(ckpt_dir)  # refuses a crafted .metadata before megatron unpickles it
     try:
         with _byte_items_weights_only():
             state = dist_checkpointing.load(request, str(ckpt_dir))

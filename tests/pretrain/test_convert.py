@@ -160,7 +160,7 @@ def test_round_trip_is_bitwise(tiny_hf, converted):
                 "max_position_embeddings", "bos_token_id"):
         assert ca[key] == cb[key], key
     assert cb["rope_parameters"]["rope_theta"] == 500000.0
-    meta = torch.load(converted["mcore"] / "iter_0000000" / "common.pt", weights_only=False)["carebot"]
+    meta = torch.load(converted["mcore"] / "iter_0000000" / "common.pt", weights_only=True)["carebot"]
     assert meta["has_optimizer"] is False and meta["iteration"] == 0 and meta["padded_vocab_size"] == 4096
     assert (converted["mcore"] / "latest").read_text() == "iter_0000000"
 

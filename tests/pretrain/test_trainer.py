@@ -133,7 +133,7 @@ def test_stable_to_boost_weights_and_schedule(tmp_path, base, straight_run):
                                    f"checkpoint.init_from={stable}"], recipe="tiny_boost_cpt.yaml")
     import torch
 
-    common = torch.load(stable / "iter_0000020" / "common.pt", weights_only=False)
+    common = torch.load(stable / "iter_0000020" / "common.pt", weights_only=True)
     boost = metrics(tmp_path)
     assert boost[0]["init_param_checksum"] == common["carebot"]["param_checksum"]
     # new schedule: 10% warmup (1 step) then cosine from 1e-3 to 1e-4 over 10 steps
