@@ -34,7 +34,8 @@ from data_tools.sft.formats import read_pairs
 from pretrain import checkpoint as ckpt
 from carebot.errors import ConfigError
 from carebot.run_config import RunConfig
-from pretrain.trainer import Stage, stage_main
+from pretrain.stage_cli import stage_main
+from pretrain.trainer import Stage
 
 LOSSES = ("dpo", "ipo", "rpo_sq", "rpo_bwd_kl", "rpo_fwd_kl")
 

@@ -19,7 +19,8 @@ from data_tools.sft.formats import read_sft
 from alignment.chat_data import render_dialogue, shift, split_valid, stage_args
 from carebot.errors import ConfigError
 from carebot.run_config import RunConfig
-from pretrain.trainer import Stage, stage_main
+from pretrain.stage_cli import stage_main
+from pretrain.trainer import Stage
 
 
 @dataclass(kw_only=True)

@@ -128,6 +128,18 @@ def validate(cfg: RunConfig) -> RunConfig:
                    ("parallel.tensor", cfg.parallel.tensor), ("parallel.pipeline", cfg.parallel.pipeline)):
         if v < 1:
             bad(key, v, "must be >= 1")
+    m = cfg.model
+    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "make_vocab_size_divisible_by"):
+        if getattr(m, key) < 1:
+            bad(f"model.{key}", getattr(m, key), "must be >= 1")
+    if m.vocab_size is not None and m.vocab_size < 1:
+        bad("model.vocab_size", m.vocab_size, "must be >= 1 (or null: from the tokenizer)")
+    if m.rotary_base <= 0 or m.norm_epsilon <= 0:
+        bad("model.rotary_base / model.norm_epsilon", (m.rotary_base, m.norm_epsilon), "must be > 0")
+    for key in ("hidden_dropout", "attention_dropout"):
+        if not 0.0 <= getattr(m, key) < 1.0:
+            bad(f"model.{key}", getattr(m, key), "must be in [0, 1)")
     if t.eval_interval < 0:
         bad("train.eval_interval", t.eval_interval, "must be >= 0 (0: no periodic validation)")
     if t.exit_after_steps is not None and t.exit_after_steps < 0:  # 0: write the initial checkpoint and stop

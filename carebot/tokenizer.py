@@ -7,6 +7,8 @@ import os
 import struct
 from pathlib import Path
 
+from carebot.errors import ConfigError
+
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_CHAT_TEMPLATE = (
@@ -75,6 +77,8 @@ def load_tokenizer(path: str | Path):
     p = Path(path).expanduser()
     if not p.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {p}")
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise ConfigError(f"{p}: no tokenizer files (tokenizer.json / tokenizer_config.json) in this directory")
     return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
 
 

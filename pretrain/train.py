@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from carebot.run_config import RunConfig
 from pretrain.data import build_gpt_datasets
-from pretrain.trainer import Stage, stage_main
+from pretrain.stage_cli import stage_main
+from pretrain.trainer import Stage
 
 
 def _cpt_datasets(cfg: RunConfig, tokenizer, num_samples: list[int]):

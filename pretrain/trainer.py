@@ -95,6 +95,9 @@ class Trainer:
             raise ConfigError(f"global_batch_size {t.global_batch_size} is not divisible by micro_batch_size "
                               f"{t.micro_batch_size} x data-parallel size {self.dp}")
         self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp)
+        if cfg.train.precision == "bf16" and not torch.cuda.is_available():
+            raise ConfigError("train.precision=bf16 needs a CUDA device (megatron-core's bf16 optimizer); on CPU use "
+                              "fp32, or auto")
         self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
         inner = build_model(cfg.model, cfg.parallel, self.vocab_size, cfg.data.seq_length, bf16=self.bf16)
         tf = inner.config
@@ -152,6 +155,8 @@ class Trainer:
         """Resume from this run's (or `checkpoint.load`'s) latest checkpoint; else start from `init_from` weights."""
         c = self.cfg.checkpoint
         src = ckpt.resolve(c.load or self.ckpt_root)
+        if c.load and src is None:  # asked to resume from there: starting from scratch instead would be silent
+            raise ConfigError(f"checkpoint.load: no checkpoint at {c.load} (unset it to start fresh)")
         if src is not None:
             meta = ckpt.load(src, self.unwrapped, self.optimizer, self.scheduler)
             self.iteration, self.consumed = meta["iteration"], meta["consumed_samples"]
@@ -369,24 +374,3 @@ def run(cfg: RunConfig, stage: Stage) -> list[dict]:
         return trainer.train()
     finally:
         trainer.close()
-
-
-def stage_main(argv: list[str] | None, prog: str, doc: str, make_stage: Callable[[RunConfig], Stage]) -> int:
-    """The CLI of every training stage: `--config` recipe(s) + dotted overrides -> `run`; a ConfigError /
-    CheckpointError / missing file is one line on stderr and exit code 2 (`carebot.cli.run`)."""
-    import argparse
-
-    from carebot.cli import run as run_command
-    from carebot.run_config import load_config
-
-    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, nargs="+", help="recipe YAML(s), merged left to right")
-    ap.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.train_steps=50")
-    args = ap.parse_args(argv)
-
-    def go(_argv) -> int:
-        cfg = load_config(args.config, args.overrides)
-        run(cfg, make_stage(cfg))
-        return 0
-    return run_command(go, None, prog)
-

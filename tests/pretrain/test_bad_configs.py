@@ -1,0 +1,43 @@
+"""Bad training configs: each is exit 2 with one `error:` line and no traceback, and none trains silently.
+Values caught before torch loads run as the console script does; the rest in a subprocess (they need the
+process group)."""
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import run_stage
+
+
+@pytest.fixture(scope="module")
+def base(cpt_prefixes, small_tokenizer_dir) -> list[str]:
+    return [f"data.tokenizer={small_tokenizer_dir}", f"data.data_path=[{cpt_prefixes['medical_en']}]",
+            "data.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=2", "train.train_steps=1",
+            "train.eval_interval=0", "train.tensorboard=false"]
+
+
+CASES = {  # override -> what the one line must say
+    "model.num_layers=0": "model.num_layers=0: must be >= 1",
+    "model.ffn_hidden_size=0": "model.ffn_hidden_size=0: must be >= 1",
+    "model.hidden_dropout=1.5": "model.hidden_dropout=1.5: must be in [0, 1)",
+    "stage=sft": "but carebot pretrain runs the cpt stage",
+    "data.tokenizer={empty}": "no tokenizer files",
+    "checkpoint.load={empty}": "checkpoint.load: no checkpoint at",
+    "checkpoint.load=/nonexistent/ckpt": "checkpoint.load: no checkpoint at /nonexistent/ckpt",
+    "train.precision=bf16": "train.precision=bf16 needs a CUDA device",
+    "data.seq_length=100000": "out of memory",
+}
+
+
+@pytest.mark.parametrize("override", list(CASES))
+def test_bad_config_is_one_line(tmp_path, base, override):
+    import torch
+
+    if "bf16" in override and torch.cuda.is_available():
+        pytest.skip("bf16 is valid on a GPU")
+    (tmp_path / "empty").mkdir()
+    over = override.format(empty=tmp_path / "empty")
+    p = run_stage("pretrain.train", "tiny_stable_cpt.yaml", tmp_path / "run", base + [over], check=False, timeout=300)
+    errors = [l for l in p.stderr.splitlines() if "error:" in l]
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(errors) == 1 and CASES[override] in errors[0], errors
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
