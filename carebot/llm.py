@@ -40,6 +40,7 @@ import openai
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+UNREACHABLE_AFTER = 2  # connection failures in a row, before any reply, that mark the server as down
 _TOKEN = re.compile(r"((?:Bearer|api[_-]?key[\"']?\s*[:=]\s*[\"']?)\s*)[A-Za-z0-9._\-]{8,}", re.I)
 Validator = Callable[[Any], Any]
 
@@ -196,6 +197,8 @@ class AsyncLLMClient:
         # Local servers (vLLM) accept any key; never fail for a missing one, never print it.
         key = os.environ.get(config.api_key_env) or "EMPTY"
         self._secret = key if key != "EMPTY" else None
+        self._answered = False  # any reply at all from the server yet
+        self._unreachable: str | None = None  # set once the server refused connections before ever answering
         self._client = openai.AsyncOpenAI(base_url=config.base_url, api_key=key, timeout=config.timeout_s, max_retries=0)
         self.cache = DiskCache(config.cache_path) if config.cache_path else None
         self._sem: asyncio.Semaphore | None = None
@@ -231,6 +234,8 @@ class AsyncLLMClient:
         loop = asyncio.get_running_loop()
         end = loop.time() + c.deadline_s
         for attempt in range(c.max_retries + 1):
+            if self._unreachable:
+                raise LLMError(self._unreachable)
             self.stats.requests += 1
             retry_after = None
             try:
@@ -239,6 +244,7 @@ class AsyncLLMClient:
                     break
                 resp = await asyncio.wait_for(self._client.chat.completions.create(model=c.model, messages=messages, **params),
                                               min(c.timeout_s, left))
+                self._answered = True
                 text = resp.choices[0].message.content
                 if text is None:
                     raise ValueError("empty message content")
@@ -260,11 +266,19 @@ class AsyncLLMClient:
                 self.stats.retries_timeout += 1
                 last = e
             except openai.APIStatusError as e:
+                self._answered = True
                 if e.status_code < 500 and e.status_code not in (408, 409):
                     raise LLMError(self.redact(f"HTTP {e.status_code} (not retried): {str(e)[:200]}")) from None
                 self.stats.retries_5xx += 1
                 last = e
-            except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError, AttributeError, IndexError, TypeError) as e:
+            except openai.APIConnectionError as e:  # refused / no route / DNS: a server that never answered is down
+                self.stats.retries_other += 1
+                last = e
+                if not self._answered and attempt >= UNREACHABLE_AFTER:
+                    self._unreachable = self.redact(f"{c.base_url}: unreachable ({attempt + 1} connection attempts "
+                                                    f"failed, no reply ever): {str(e)[:120]}")
+                    raise LLMError(self._unreachable)
+            except (openai.APIResponseValidationError, ValueError, AttributeError, IndexError, TypeError) as e:
                 # broken body / truncated JSON / missing choices: the server misbehaved, ask again
                 self.stats.retries_other += 1
                 last = e

@@ -165,3 +165,27 @@ def test_a_server_echoing_the_key_never_gets_it_into_an_error(tmp_path, monkeypa
         res = c.map_json([Request("a", _msgs("x"))], progress=False)
     assert not res[0].ok and "400" in res[0].error and "Authorization" in res[0].error
     assert key not in res[0].error and "0123456789" not in res[0].error, res[0].error
+
+
+def test_an_unreachable_endpoint_fails_fast(tmp_path, data_root, capsys):
+    """Nothing listens: after a few refused connections (and no reply ever) every request fails at once, and
+    dpo-pairs, which then made 0 pairs, exits 2 with one line instead of exiting 0 after minutes of retries."""
+    import time
+
+    from carebot import cli
+    from tests.helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    t0 = time.time()
+    res = LLMClient(LLMConfig(base_url=url, model="m", backoff_base_s=0.2)).map_json(
+        [Request(str(i), _msgs("x")) for i in range(40)], progress=False)
+    assert time.time() - t0 < 10 and not any(r.ok for r in res) and all("unreachable" in r.error for r in res)
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"id": r["id"], "messages": r["messages"]}, ensure_ascii=False) + "\n"
+                           for r in json.loads("[" + ",".join(open(data_root / "dialogue" / "cmtmedqa_test.jsonl",
+                                                                   encoding="utf-8").readlines()[:5]) + "]")))
+    t0 = time.time()
+    assert cli.main(["data", "dpo-pairs", "--sft", str(sft), "--base-url", url, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
+    assert time.time() - t0 < 20 and len(err) == 1 and "0 pairs" in err[0]
+    assert not (tmp_path / "o" / "pairs.jsonl").exists()
