@@ -90,7 +90,6 @@ def _writer_queue_dies_with_us() -> None:
 
 def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: dict, keep_last: int = 2) -> Path:
     """Save on every rank; rank 0 publishes it atomically once all ranks are done."""
-    _writer_queue_dies_with_us()
     root = Path(root)
     final = root / f"iter_{iteration:07d}"
     tmp = root / f"iter_{iteration:07d}.tmp"
@@ -102,7 +101,8 @@ def save(root: str | Path, iteration: int, model, optimizer, scheduler, extra: d
     state = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=False),
              "scheduler": scheduler.state_dict(), "rng_state": _rng_state(),
              "carebot": {**extra, "iteration": iteration, "layout": _layout(), "has_optimizer": True}}
-    with _signals_held():
+    with _signals_held():  # the Manager started here inherits the held signals: a job-step signal spares it
+        _writer_queue_dies_with_us()
         dist_checkpointing.save(state, str(tmp))
     dist.barrier()
     if dist.get_rank() == 0:

@@ -2,9 +2,7 @@
 limits and --subjects, every item the loader drops counted, short CSV rows named by file:line, a skipped
 contamination check recorded, and subset scores marked in both reports. Real data via data_dir()."""
 import collections
-import csv
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +12,7 @@ from eval import benchmarks as B
 from eval.contamination import SKIPPED, check_contamination
 from eval.mcq import describe_items, parse_limits, parse_subjects
 from eval.report import SUBSET_NOTE, build_report, mcq_markdown
+from tests.eval.test_benchmarks import _csv
 
 
 def _raw(data_root, name):
@@ -117,15 +116,6 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]  # (parse_command echoes the config above it)
         assert rc == 2 and last.startswith("carebot eval mcq: error: ") and needle in last and "Traceback" not in err
-
-
-def _csv(path: Path, rows, header=None):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        if header:
-            w.writerow(header)
-        w.writerows(rows)
 
 
 def test_short_csv_rows_name_file_and_line(tmp_path):
