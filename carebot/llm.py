@@ -2,23 +2,17 @@
 
 Any OpenAI-compatible chat-completions server works (GPT-4-class API, vLLM, SGLang): `base_url` and `model`
 come from `LLMConfig`, the key from the environment variable named by `api_key_env` (never logged, never
-written). Built on the official `openai` async client, with our own retry loop so every retry is counted.
-
-Public API (small on purpose):
-
-    cfg = LLMConfig(base_url="http://127.0.0.1:8000/v1", model="gpt-4o", cache_path="out/llm_cache.sqlite")
-    client = LLMClient(cfg)                                 # sync wrapper; AsyncLLMClient is the async one
-    obj = client.chat_json(messages, validate=MyPydanticModel)        # parsed + validated, cached
-    results = client.map_json([Request(id, messages), ...], validate=fn)  # bounded concurrency, ordered
-    client.stats.as_dict()                                  # requests, cache hits, retries, tokens, cost
+written, masked in error texts). Built on the official `openai` async client, with our own retry loop so every
+retry is counted. `LLMClient(cfg)` (sync; `AsyncLLMClient` is the async one): `.chat_json(messages, validate=)`
+parsed + validated + cached, `.map_json([Request(id, messages), ...], validate=)` bounded concurrency, ordered,
+`.stats.as_dict()` requests, cache hits, retries, tokens, cost.
 
 `validate` is a pydantic model class, a JSON-schema dict, or any callable(obj) -> value that raises
 ValueError on a bad answer. A reply that does not parse or validate is re-asked (the model sees its own
 reply and the error) up to `parse_retries` times. Only validated answers are cached, keyed by
 sha256(model, messages, sampling params, cache_tag), in SQLite (committed per answer: kill -9 loses
 only the requests in flight).
-"""
-from __future__ import annotations
+"""from __future__ import annotations
 
 import asyncio
 import dataclasses

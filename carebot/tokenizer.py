@@ -6,6 +6,7 @@ import base64
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 from carebot.errors import ConfigError
 
@@ -82,15 +83,43 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
 
 
+# The end-of-document token a model was pretrained with, by family: LLaMA-3 `<|end_of_text|>`; GPT-2,
+# SmolLM2, Qwen2/2.5 `<|endoftext|>`. Not an end-of-TURN token (`<|eot_id|>`, `<|im_end|>`), which an
+# instruct tokenizer often declares as its eos.
+DOC_SEPARATORS = ("<|end_of_text|>", "<|endoftext|>")
+
+
+def document_separator(token_to_id: Callable[[str], int | None], tok_dir: str | Path, quiet: bool = False) -> int:
+    """The id that ends a document: a family's separator when the vocabulary has one, else the tokenizer's
+    declared eos (then bos) token, with a printed notice; a ConfigError when there is none."""
+    import json
+    import sys
+
+    for t in DOC_SEPARATORS:
+        if (tid := token_to_id(t)) is not None:
+            return tid
+    cfg = Path(tok_dir) / "tokenizer_config.json"
+    conf = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else {}
+    for key in ("eos_token", "bos_token"):
+        tok = conf.get(key)
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if tok and (tid := token_to_id(tok)) is not None:
+            if not quiet:
+                print(f"[tokenizer] {tok_dir}: no document separator ({' / '.join(DOC_SEPARATORS)}); documents end "
+                      f"with its declared {key.split('_')[0]} {tok!r} (id {tid})", file=sys.stderr)
+            return tid
+    raise ConfigError(f"{tok_dir}: cannot tell the end-of-document token (no {' / '.join(DOC_SEPARATORS)}, "
+                      "no eos / bos declared); pass --eod-token")
+
+
 class MegatronTokenizerAdapter:
     """The few attributes megatron-core's GPTDataset reads from a tokenizer."""
 
     def __init__(self, hf_tokenizer, path: str = ""):
         self.hf = hf_tokenizer
         self.vocab_size = len(hf_tokenizer)
-        # Documents end with end_of_text (LLaMA-3 pretraining convention); eot_id ends chat turns.
-        eod = hf_tokenizer.convert_tokens_to_ids("<|end_of_text|>")
-        self.eod = eod if isinstance(eod, int) and eod != hf_tokenizer.unk_token_id else hf_tokenizer.eos_token_id
+        vocab = hf_tokenizer.get_vocab()
+        self.eod = document_separator(vocab.get, path or getattr(hf_tokenizer, "name_or_path", ""))
         self.pad = -1  # GPTDataset pads with this id and masks it out of the loss
         self.bos = hf_tokenizer.bos_token_id
         self.unique_identifiers = {"class": "HFTokenizer", "path": str(path), "vocab_size": self.vocab_size}

@@ -3,7 +3,6 @@ and the facts HF gives about a tokenizer (the special tokens tokenizer(text) add
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -41,14 +40,12 @@ def _eod(hf, tok_dir: Path, name: str | None) -> int:
         if tid is None:
             raise ValueError(f"--eod-token {name!r} is not in the tokenizer's vocabulary")
         return tid
-    if (tid := hf.token_to_id("<|end_of_text|>")) is not None:  # LLaMA-3 pretraining document end
-        return tid
-    cfg = tok_dir / "tokenizer_config.json"
-    eos = json.loads(cfg.read_text()).get("eos_token") if cfg.is_file() else None
-    eos = eos.get("content") if isinstance(eos, dict) else eos
-    if eos and (tid := hf.token_to_id(eos)) is not None:
-        return tid
-    raise ValueError(f"{tok_dir}: cannot tell the end-of-document token; pass --eod-token")
+    from carebot.tokenizer import document_separator
+
+    try:
+        return document_separator(hf.token_to_id, tok_dir)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 class Encoder:
@@ -85,8 +82,15 @@ class Encoder:
                 fut = pool.submit(this.hf_facts, str(tj), eod_token, sample if engine == "auto" else [])
                 import gigatoken
 
-                self.giga, self.engine = gigatoken.Tokenizer.from_json(self.tok_json), "gigatoken"
-                got = self.giga.encode_batch_list(sample) if engine == "auto" else []
+                try:
+                    self.giga, self.engine = gigatoken.Tokenizer.from_json(self.tok_json), "gigatoken"
+                    got = self.giga.encode_batch_list(sample) if engine == "auto" else []
+                except Exception as e:  # noqa: BLE001 (a Rust panic surfaces as one of several types)
+                    if engine == "gigatoken":
+                        raise ConfigError(f"--engine gigatoken cannot load {tj}: {str(e).splitlines()[0][:200]}") from None
+                    print(f"[tokenize] gigatoken cannot load this tokenizer ({str(e).splitlines()[0][:120]}): "
+                          "using HF tokenizers", file=sys.stderr)
+                    self.giga, self.engine, got = None, "hf", []
                 facts = fut.result()
             for t, r, g in zip(sample, facts["ids"], got):
                 if r != list(g):
