@@ -12,7 +12,8 @@ ValueError on a bad answer. A reply that does not parse or validate is re-asked 
 reply and the error) up to `parse_retries` times. Only validated answers are cached, keyed by
 sha256(model, messages, sampling params, cache_tag), in SQLite (committed per answer: kill -9 loses
 only the requests in flight).
-"""from __future__ import annotations
+"""
+from __future__ import annotations
 
 import asyncio
 import dataclasses
