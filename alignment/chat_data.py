@@ -12,11 +12,37 @@ from carebot.errors import ConfigError
 from carebot.run_config import RunConfig
 
 
+def use_chat_template(hf, choice: str | None, where: str) -> str:
+    """Give `hf` (in memory only: never the model's tokenizer files) the chat template SFT / DPO render with:
+    the one named by `stage_args.chat_template` (llama3 | chatml | a Jinja file), else the tokenizer's own. A
+    tokenizer with none (a base model) and no choice is a ConfigError: no template is ever guessed. Returns
+    and prints what was used (the run's config.yaml records the choice)."""
+    from pathlib import Path
+
+    from carebot.tokenizer import CHAT_TEMPLATES
+
+    if choice:
+        if choice in CHAT_TEMPLATES:
+            hf.chat_template, used = CHAT_TEMPLATES[choice], f"{choice} (stage_args.chat_template)"
+        elif Path(choice).is_file():
+            hf.chat_template, used = Path(choice).read_text(encoding="utf-8"), f"{choice} (stage_args.chat_template)"
+        else:
+            raise ConfigError(f"stage_args.chat_template={choice!r}: one of {', '.join(CHAT_TEMPLATES)} or a Jinja file")
+    elif getattr(hf, "chat_template", None):
+        used = "the tokenizer's own"
+    else:
+        raise ConfigError(f"{where}: the tokenizer has no chat template (a base model?); name one with "
+                          f"stage_args.chat_template={'|'.join(CHAT_TEMPLATES)}|FILE.jinja")
+    print(f"[carebot] chat template: {used}", flush=True)
+    return used
+
+
 def render_dialogue(tokenizer, messages: list[dict], only_last: bool = False) -> tuple[list[int], list[bool]]:
     """Token ids of the chat-templated dialogue and, per token, whether it belongs to an assistant reply
-    (content + end-of-turn; the `assistant` header is template and excluded). `only_last`: mark only the final
-    assistant reply (DPO responses). Spans come from rendering prefixes: the text the template adds between
-    `messages[:i]` + generation prompt and `messages[:i+1]` is exactly assistant turn i."""
+    (content + end-of-turn; the `assistant` header is template and excluded, and so is whitespace the template
+    puts after the end-of-turn token, like ChatML's newline). `only_last`: mark only the final assistant reply
+    (DPO responses). Spans come from rendering prefixes: the text the template adds between `messages[:i]` +
+    generation prompt and `messages[:i+1]` is exactly assistant turn i."""
     def text(msgs, gen=False):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
@@ -30,7 +56,7 @@ def render_dialogue(tokenizer, messages: list[dict], only_last: bool = False) ->
         if not full.startswith(b) or not b.startswith(a):
             raise ConfigError("the tokenizer's chat template does not render dialogues prefix by prefix; "
                               "SFT loss masking needs a template where each turn appends text")
-        spans.append((len(a), len(b)))
+        spans.append((len(a), len(a) + len(b[len(a):].rstrip())))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     mask = [any(a <= s < b for a, b in spans) for s, _ in offsets]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alignment.chat_data import render_dialogue, shift, split_valid, stage_args
+from alignment.chat_data import render_dialogue, shift, split_valid, stage_args, use_chat_template
 from data_tools.sft.formats import read_pairs
 from pretrain import checkpoint as ckpt
 from carebot.errors import ConfigError
@@ -53,6 +53,7 @@ class DPOArgs:
     reference: str = "precomputed"  # precomputed | live
     valid_fraction: float = 0.0
     max_pairs: int | None = None  # read at most this many pairs per file (smoke runs, tests)
+    chat_template: str | None = None  # llama3 | chatml | FILE.jinja; default: the tokenizer's own (none: error)
 
 
 def check_args(a: DPOArgs) -> DPOArgs:
@@ -196,6 +197,7 @@ def build_dpo_datasets(cfg: RunConfig, tokenizer, num_samples: list[int]):
     a, pairs = load_pairs(cfg)
     train, valid = split_valid(pairs, a.valid_fraction, cfg.train.seed)
     hf = tokenizer.hf
+    use_chat_template(hf, a.chat_template, cfg.data.tokenizer)
     pad = hf.pad_token_id if hf.pad_token_id is not None else tokenizer.eod
     s = cfg.data.seq_length
     train_rows, stats = tokenize_pairs(hf, train, s, pad)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from data_tools.sft.formats import read_sft
-from alignment.chat_data import render_dialogue, shift, split_valid, stage_args
+from alignment.chat_data import render_dialogue, shift, split_valid, stage_args, use_chat_template
 from carebot.errors import ConfigError
 from carebot.run_config import RunConfig
 from pretrain.stage_cli import stage_main
@@ -30,6 +30,7 @@ class SFTArgs:
     packing: bool = False
     max_dialogues: int | None = None  # read at most this many per file (smoke runs, tests)
     system_prompt: str | None = None  # prepended as a system turn when a dialogue has none
+    chat_template: str | None = None  # llama3 | chatml | FILE.jinja; default: the tokenizer's own (none: error)
 
 
 # ------------------------------------------------------------------ reading
@@ -131,6 +132,7 @@ def build_sft_datasets(cfg: RunConfig, tokenizer, num_samples: list[int]):
     args, dialogues = load_sft_data(cfg)
     train, valid = split_valid(dialogues, args.valid_fraction, cfg.train.seed)
     hf = tokenizer.hf
+    use_chat_template(hf, args.chat_template, cfg.data.tokenizer)
     pad = hf.pad_token_id if hf.pad_token_id is not None else tokenizer.eod
     s = cfg.data.seq_length
     train_docs, stats = tokenize_dialogues(hf, train, s, args.system_prompt)

@@ -111,14 +111,29 @@ def parse_overrides(items: list[str]) -> dict:
 def load(cls, recipe: str | Path | list | None, overrides: list[str] | None = None):
     """Recipe YAML(s) (each with its `base:` chain, merged left to right, e.g. a recipe then the data
     fragment `carebot data blend` wrote) + dotted overrides -> an instance of dataclass `cls`."""
+    return from_dict(cls, merged(recipe, overrides))
+
+
+def merged(recipe: str | Path | list | None, overrides: list[str] | None = None) -> dict:
+    """The nested dict `load` builds a config from: the YAML chain(s), then the overrides."""
     items = [recipe] if isinstance(recipe, (str, Path)) else list(recipe or [])
     # `--config a.yaml b.yaml key=value ...`: argparse's nargs="+" also swallows the overrides; sort them out
     overrides = [str(x) for x in items if "=" in str(x)] + list(overrides or [])
     d: dict = {}
     for r in (x for x in items if "=" not in str(x)):
         d = _merge(d, load_yaml(r))
-    d = _merge(d, parse_overrides(overrides))
-    return from_dict(cls, d)
+    return _merge(d, parse_overrides(overrides))
+
+
+def stated_keys(d: dict, prefix: str = "") -> set[str]:
+    """The dotted keys a nested config dict states (`model.num_layers`, ...): what a user set, not a default."""
+    out = set()
+    for k, v in d.items():
+        if k == "base":
+            continue
+        key = f"{prefix}{k}"
+        out |= stated_keys(v, key + ".") if isinstance(v, dict) else {key}
+    return out
 
 
 def to_dict(cfg) -> dict:

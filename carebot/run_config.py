@@ -158,5 +158,10 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 def load_config(recipe: str | Path | list | None, overrides: list[str] | None = None) -> RunConfig:
-    """Recipe YAML(s) + dotted overrides -> a validated RunConfig (see `carebot.config.load`, `validate`)."""
-    return validate(_config.load(RunConfig, recipe, overrides))
+    """Recipe YAML(s) + dotted overrides -> a validated RunConfig (see `carebot.config.load`, `validate`). Its
+    `stated` attribute holds the dotted keys the recipe chain and the overrides set (the rest are defaults):
+    an architecture key stated there must agree with the checkpoint the run starts from."""
+    d = _config.merged(recipe, overrides)
+    cfg = validate(_config.from_dict(RunConfig, d))
+    cfg.stated = frozenset(_config.stated_keys(d))  # not a field: never dumped, never set from YAML
+    return cfg

@@ -60,13 +60,14 @@ def write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard_byt
     return files
 
 
-def save_tokenizer(tok_dir: Path, out: Path):
-    """Tokenizer files with a chat template (LLaMA-3's when the source has none)."""
-    from carebot.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer
+def save_tokenizer(tok_dir: Path, out: Path, chat_template: str | None = None):
+    """The tokenizer files as they are, plus `chat_template` when given (the one a run trained with, from its
+    checkpoint metadata). No template is ever made up: a base model's tokenizer stays without one."""
+    from carebot.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
-    if not getattr(tok, "chat_template", None):
-        tok.chat_template = LLAMA3_CHAT_TEMPLATE
+    if chat_template:
+        tok.chat_template = chat_template
     tok.save_pretrained(str(out))
     return tok
 
@@ -261,7 +262,7 @@ def megatron_to_hf(src: str | Path, out: Path, dtype: str = "auto", config: str 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files = write_safetensors(tensors, tmp, _parse_size(max_shard_size))
-    tok = save_tokenizer(tok_dir, tmp)
+    tok = save_tokenizer(tok_dir, tmp, ckpt.load_meta(it).get("chat_template"))
     hf_cfg = hf_config_from_model(m, vocab, tdtype, tok, hf_base)
     hf_cfg.save_pretrained(str(tmp))
     from transformers import GenerationConfig

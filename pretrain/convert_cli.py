@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 from carebot.cli import run, script
 from pretrain.convert import hf_to_megatron, megatron_to_hf
-from pretrain.convert_verify import verify
+from pretrain.convert_verify import check_layouts, verdict, verify
 
 
 def _pop_rest(args):
@@ -54,7 +56,8 @@ def _main(argv: list[str] | None) -> int:
     v.add_argument("--num-texts", type=int, default=4)
     v.add_argument("--max-tokens", type=int, default=64)
     v.add_argument("--generate", type=int, default=20, help="greedy tokens to compare (0: skip)")
-    v.add_argument("--atol", type=float, default=1e-4)
+    v.add_argument("--rtol", type=float, default=1e-5, help="tolerance relative to the largest |logit| (any layout)")
+    v.add_argument("--atol", type=float, default=None, help="an absolute tolerance instead")
     v.add_argument("--summary", type=Path, default=None, help="write the JSON summary here")
     args = ap.parse_args(argv)
     try:
@@ -64,16 +67,51 @@ def _main(argv: list[str] | None) -> int:
             res = megatron_to_hf(args.megatron, args.out, args.dtype, args.config, _pop_rest(args), args.tokenizer,
                                  args.max_shard_size)
         else:
+            need = math.lcm(*(tp * pp for tp, pp in check_layouts(args)[2]))
+            if need > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks ourselves: one verdict, no torchrun trace
+                return _verify_launched(argv, need, args)
             res = verify(args)
-            if res is not None and not res["ok"]:
-                print(json.dumps(res, indent=1), flush=True)
-                return 1
+            if res is not None:
+                print(verdict(res), flush=True)
+                return 0 if res["ok"] else 1
+            return 0
         if res is not None:
             print(json.dumps(res, indent=1, ensure_ascii=False), flush=True)
         return 0
     finally:
         if "pretrain.distributed" in sys.modules:  # only a command that started process groups
             sys.modules["pretrain.distributed"].teardown()
+
+
+def _verify_launched(argv: list[str] | None, nproc: int, args) -> int:
+    """`verify` over `nproc` ranks started by torch's launcher in a child process; the ranks' log goes to a
+    file and this process prints the verdict (exit 1 on FAIL), or the ranks' first error line."""
+    import socket
+    import subprocess
+    import tempfile
+
+    from carebot.errors import CareBotError
+
+    work = Path(tempfile.mkdtemp(prefix="carebot-verify-"))
+    summary = Path(args.summary) if args.summary else work / "summary.json"
+    rest = list(sys.argv[1:] if argv is None else argv)
+    rest = [a for i, a in enumerate(rest) if a != "--summary" and (i == 0 or rest[i - 1] != "--summary")]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", str(port),
+           "-m", "pretrain.convert_cli", *rest, "--summary", str(summary)]
+    log = work / "ranks.log"
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if summary.is_file():
+        res = json.loads(summary.read_text())
+        print(verdict(res), flush=True)
+        return 0 if res["ok"] else 1
+    lines = log.read_text(errors="replace").splitlines()
+    why = next((l.split("error:", 1)[1] for l in lines if "error:" in l),
+               next((l for l in reversed(lines) if l.strip()), "no output"))
+    raise CareBotError(f"{why.strip()[:300]} (verify ranks exited {p.returncode}; log {log})")
 
 
 if __name__ == "__main__":

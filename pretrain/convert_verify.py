@@ -107,7 +107,9 @@ class MegatronLM:
 def _hf_side(hf_dir: Path, encoded: list[torch.Tensor], n_gen: int) -> dict:
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True)
+    # eager attention computes what megatron's local attention computes: the comparison is exact, not sdpa's ~1e-4
+    model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32, local_files_only=True,
+                                                 attn_implementation="eager")
     model.eval()
     res = {"logits": [], "loss": [], "greedy": None}
     with torch.no_grad():
@@ -123,23 +125,30 @@ def _hf_side(hf_dir: Path, encoded: list[torch.Tensor], n_gen: int) -> dict:
     return res
 
 
+def check_layouts(args):
+    """(model config, tokenizer, layouts) of a verify command line, every layout checked against the model:
+    cheap, so it runs before any rank is started."""
+    from pretrain.convert import model_config_from_hf, read_hf_config
+    from pretrain.model import check_model_config
+    from carebot.tokenizer import load_tokenizer
+
+    m = model_config_from_hf(read_hf_config(args.hf), str(args.hf / "config.json"))
+    tok = load_tokenizer(args.hf)
+    layouts = parse_layouts(args.layouts)
+    for tp, pp in layouts:
+        check_model_config(m, ParallelConfig(tensor=tp, pipeline=pp), len(tok))
+    return m, tok, layouts
+
+
 def verify(args) -> dict:
     from megatron.core import parallel_state as mpu
 
     from pretrain import checkpoint as ckpt
     from pretrain import distributed
-    from pretrain.convert import (build_megatron, checkpoint_vocab_rows, model_config_from_hf, read_hf_config,
-                                  resolve_checkpoint)
-    from pretrain.model import check_model_config
-    from carebot.tokenizer import load_tokenizer
+    from pretrain.convert import build_megatron, checkpoint_vocab_rows, resolve_checkpoint
 
-    hf = read_hf_config(args.hf)
-    m = model_config_from_hf(hf, str(args.hf / "config.json"))
-    tok = load_tokenizer(args.hf)
+    m, tok, layouts = check_layouts(args)
     vocab = len(tok)
-    layouts = parse_layouts(args.layouts)
-    for tp, pp in layouts:
-        check_model_config(m, ParallelConfig(tensor=tp, pipeline=pp), vocab)
     it = resolve_checkpoint(args.megatron)
     rows, _ = checkpoint_vocab_rows(it)
     texts = read_texts(args.texts, args.num_texts)
@@ -168,10 +177,23 @@ def verify(args) -> dict:
         mpu.destroy_model_parallel()  # the next layout builds fresh TP/PP groups on the same processes
     if dist.get_rank() != 0:
         return None
-    ok = all(r["max_abs_logit_diff"] < args.atol and r["max_abs_loss_diff"] < args.atol
-             and (r["greedy_equal"] or not args.generate) for r in results)
-    summary = {"ok": ok, "atol": args.atol, "hf": str(args.hf), "megatron": str(it), "texts": len(encoded),
+    scale = max(r["max_abs_logit"] for r in results)
+    tol = args.atol if args.atol is not None else args.rtol * scale  # relative to the logits' scale: any layout
+    for r in results:
+        r["ok"] = (r["max_abs_logit_diff"] <= tol and r["max_abs_loss_diff"] <= tol
+                   and (r["greedy_equal"] or not args.generate))
+    ok = all(r["ok"] for r in results)
+    summary = {"ok": ok, "tolerance": tol, "rtol": args.rtol, "atol": args.atol, "hf": str(args.hf), "megatron": str(it), "texts": len(encoded),
                "tokens": [e.shape[1] for e in encoded], "layouts": results}
     if args.summary:
         write_json(args.summary, summary)
     return summary
+
+
+def verdict(summary: dict) -> str:
+    """The one line `carebot convert verify` prints."""
+    per = "; ".join(f"TP{r['tp']}xPP{r['pp']} |dlogit| {r['max_abs_logit_diff']:.2e} |dloss| {r['max_abs_loss_diff']:.2e}"
+                    + (" greedy equal" if r["greedy_equal"] else f" greedy DIFFERS ({r['greedy_tokens']} tokens)")
+                    + ("" if r["ok"] else " FAIL") for r in summary["layouts"])
+    return (f"convert verify: {'PASS' if summary['ok'] else 'FAIL'} (tolerance {summary['tolerance']:.2e}"
+            f"{' = rtol x max |logit|' if summary['atol'] is None else ''}): {per}")

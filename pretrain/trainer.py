@@ -9,7 +9,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +24,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from carebot.io import trim_log
 from carebot.hardware import cuda_peak
+from pretrain import arch
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
 from carebot.config import dump, to_dict
@@ -75,10 +76,11 @@ class Trainer:
         self.metrics: list[dict] = []
         self.best_val = math.inf
         self._loss_override = None
+        self.hf_config: dict | None = None  # the source HF config (from a converted checkpoint), kept for export
 
     # ---------------------------------------------------------------- set-up
     def setup(self) -> "Trainer":
-        cfg = self.cfg
+        self.cfg = cfg = arch.from_checkpoint(self.cfg, self.ckpt_root)  # the architecture of what it starts from
         if not cfg.data.tokenizer:
             raise ConfigError("data.tokenizer is not set: give an HF tokenizer directory")
         self.hf_tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -160,12 +162,13 @@ class Trainer:
         if src is not None:
             meta = ckpt.load(src, self.unwrapped, self.optimizer, self.scheduler)
             self.iteration, self.consumed = meta["iteration"], meta["consumed_samples"]
+            self.hf_config = meta.get("hf_config")
             self._log0(f"resumed from {src} at step {self.iteration} ({self.consumed} samples consumed)")
         elif c.init_from:
             src = ckpt.resolve(c.init_from)
             if src is None:
                 raise ConfigError(f"checkpoint.init_from: no checkpoint at {c.init_from}")
-            ckpt.load(src, self.unwrapped, self.optimizer if c.init_optimizer else None)
+            self.hf_config = ckpt.load(src, self.unwrapped, self.optimizer if c.init_optimizer else None).get("hf_config")
             self._log0(f"initialised weights from {src} (new LR schedule; optimizer moments "
                        f"{'carried over' if c.init_optimizer else 'reset'})")
         self.init_checksum = self.param_checksum()
@@ -308,7 +311,10 @@ class Trainer:
 
     def save(self, best: bool = False) -> Path:
         """Save to OUT/checkpoints (keep_last), or with best=True to OUT/best (only the best one kept)."""
-        extra = {"consumed_samples": self.consumed, "param_checksum": self.param_checksum(), "stage": self.stage.name}
+        extra = {"consumed_samples": self.consumed, "param_checksum": self.param_checksum(), "stage": self.stage.name,
+                 # what export needs: the architecture, the tokenizer, the source HF config's other fields
+                 "model": asdict(self.cfg.model), "tokenizer": str(Path(self.cfg.data.tokenizer).expanduser().resolve()),
+                 "hf_config": self.hf_config, "chat_template": getattr(self.hf_tokenizer, "chat_template", None)}
         if best:
             extra["val_loss"] = self.best_val
         return ckpt.save(self.out / "best" if best else self.ckpt_root, self.iteration, self.unwrapped,

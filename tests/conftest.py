@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from carebot.paths import cache_dir, data_dir
-from tests.helpers import corpus_texts
+from tests.helpers import corpus_texts, read_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +58,24 @@ def small_tokenizer_dir(data_root) -> Path:
     # keyed by the text it is trained on: samples/ and the full sets never share a cached tokenizer
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return train_small_bpe(texts, cache_dir() / f"bpe4k-v1-{digest}", vocab_size=4096)
+
+
+@pytest.fixture(scope="session")
+def chatml_base_tokenizer_dir(tmp_path_factory, data_root) -> Path:
+    """A byte-level BPE shaped like SmolLM2's: `<|endoftext|>` (id 0, also its unk) separates documents,
+    `<|im_end|>` is its eos (end of TURN), no BOS, and no single-byte entry for byte 0x04 (which gigatoken
+    cannot load). No chat template: a base model's tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [r["text"] for r in read_jsonl(data_root / "general" / "wikitext2_paragraphs_en.jsonl")]
+    tk = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    alphabet = [c for c in pre_tokenizers.ByteLevel.alphabet() if c != chr(256 + 4)]  # byte 0x04 maps to U+0104
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, show_progress=False, initial_alphabet=alphabet,
+                                                      special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]))
+    out = tmp_path_factory.mktemp("smollm-like")
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>",
+                            pad_token="<|im_end|>").save_pretrained(out)
+    return out

@@ -262,3 +262,25 @@ def test_tp_not_dividing_kv_heads_is_one_clear_line(tmp_path, tiny_hf, cmd, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["carebot convert: error: tensor parallel size 4 does not divide num_query_groups (KV heads) 2"]
     assert not (tmp_path / "out").exists()
+
+
+def test_init_from_an_hf_dir_takes_its_architecture(tmp_path, tiny_hf, small_tokenizer_dir, cpt_prefixes):
+    """`checkpoint.init_from` may be an HF model dir: converted once into the run dir, its architecture read
+    from it (stable_cpt.yaml states none: the LLaMA-3-8B defaults never apply); a stated value that disagrees
+    is one line naming both (before, the recipe's shape was used and a mismatch was a long traceback)."""
+    from tests.helpers import metrics, run_stage
+
+    over = [f"checkpoint.init_from={tiny_hf}", f"data.tokenizer={small_tokenizer_dir}", "data.cache_dir=null",
+            f"data.data_path=[{cpt_prefixes['medical_en']}]", "data.seq_length=32", "parallel.tensor=1",
+            "parallel.pipeline=1", "parallel.distributed_optimizer=false", "train.train_steps=2",
+            "train.micro_batch_size=2", "train.global_batch_size=2", "train.eval_interval=0", "train.tensorboard=false"]
+    p = run_stage("pretrain.train", "stable_cpt.yaml", tmp_path / "a", over)
+    assert "is an HF model directory: converting it" in p.stdout
+    assert "num_layers=2, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4, num_query_groups=2" in p.stdout
+    assert [r["step"] for r in metrics(tmp_path / "a")] == [1, 2]
+    p = run_stage("pretrain.train", "stable_cpt.yaml", tmp_path / "a", over + ["train.train_steps=3"])
+    assert "converting it" not in p.stdout  # converted once, and resumed from its own checkpoint
+    bad = run_stage("pretrain.train", "stable_cpt.yaml", tmp_path / "b", over + ["model.num_layers=4"], check=False)
+    errors = [l for l in bad.stderr.splitlines() if "error:" in l]
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert len(errors) == 1 and "model.num_layers=4" in errors[0] and "num_layers=2" in errors[0], errors

@@ -302,42 +302,19 @@ def test_up_to_date_only_while_the_outputs_are_intact(tmp_path, llama3_tokenizer
     assert (tmp_path / "o_text_document.bin").read_bytes() == good
 
 
-@pytest.fixture(scope="module")
-def smollm_like_tokenizer(tmp_path_factory, data_root) -> Path:
-    """A byte-level BPE shaped like SmolLM2's: `<|endoftext|>` (id 0, also its unk) separates documents,
-    `<|im_end|>` is its eos (end of TURN), no BOS, and no single-byte entry for byte 0x04 (which gigatoken
-    cannot load)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from tests.helpers import read_jsonl
-
-    texts = [r["text"] for r in read_jsonl(data_root / "general" / "wikitext2_paragraphs_en.jsonl")]
-    tk = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    alphabet = [c for c in pre_tokenizers.ByteLevel.alphabet() if c != chr(256 + 4)]  # byte 0x04 maps to U+0104
-    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, show_progress=False, initial_alphabet=alphabet,
-                                                      special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"]))
-    out = tmp_path_factory.mktemp("smollm-like")
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>",
-                            pad_token="<|im_end|>").save_pretrained(out)
-    return out
-
-
-def test_document_separator_and_engine_fallback_come_from_the_tokenizer(tmp_path, data_root, smollm_like_tokenizer, capsys):
+def test_document_separator_and_engine_fallback_come_from_the_tokenizer(tmp_path, data_root, chatml_base_tokenizer_dir, capsys):
     """Documents end with `<|endoftext|>` (not the eos `<|im_end|>`), in tokenize and in the trainer's adapter;
     the default engine, which cannot load this tokenizer, falls back to HF tokenizers with one notice."""
     from data_tools.tokens.manifest import read_index
     from carebot.tokenizer import MegatronTokenizerAdapter, load_tokenizer
 
     src = data_root / "general" / "wikitext2_paragraphs_en.jsonl"
-    assert main(["--input", str(src), "--output-prefix", str(tmp_path / "s"), "--tokenizer", str(smollm_like_tokenizer)]) == 0
+    assert main(["--input", str(src), "--output-prefix", str(tmp_path / "s"), "--tokenizer", str(chatml_base_tokenizer_dir)]) == 0
     err = capsys.readouterr().err
     assert "gigatoken cannot load this tokenizer" in err and "using HF tokenizers" in err
     dtype, lengths, pointers = read_index(tmp_path / "s_text_document.idx")
     ids = np.memmap(tmp_path / "s_text_document.bin", dtype=dtype, mode="r")
     ends = {int(ids[p // dtype.itemsize + n - 1]) for p, n in zip(pointers, lengths)}
-    tok = load_tokenizer(smollm_like_tokenizer)
+    tok = load_tokenizer(chatml_base_tokenizer_dir)
     assert ends == {tok.convert_tokens_to_ids("<|endoftext|>")} == {0}
-    assert MegatronTokenizerAdapter(tok, str(smollm_like_tokenizer)).eod == 0  # not eos_token_id 2
+    assert MegatronTokenizerAdapter(tok, str(chatml_base_tokenizer_dir)).eod == 0  # not eos_token_id 2
