@@ -28,6 +28,7 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     untie_embeddings: bool = True
+    qkv_bias: bool = False  # biases on q / k / v only (Qwen2 / Qwen2.5)
 
 
 @dataclass(kw_only=True)

@@ -20,7 +20,7 @@ from carebot.run_config import RunConfig
 
 # what a checkpoint fixes; the rest of ModelConfig is how the run trains it
 ARCH_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-             "rotary_base", "norm_epsilon", "untie_embeddings")
+             "rotary_base", "norm_epsilon", "untie_embeddings", "qkv_bias")
 _ENV_OF_A_RUN = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
                  "ROLE_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 

@@ -93,8 +93,10 @@ class MegatronLM:
         return self._bcast(self._run(ids, None), (*ids.shape, self.vocab))
 
     def loss(self, ids: torch.Tensor) -> float:
-        per_token = self._bcast(self._run(ids[:, :-1], ids[:, 1:]), (ids.shape[0], ids.shape[1] - 1))
-        return per_token.mean().item()
+        """Next-token loss over the real vocabulary (the padding rows of the output layer, which the HF export
+        drops, are left out of the softmax as HF leaves them out)."""
+        logits = self.logits(ids[:, :-1])
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).item()
 
     def greedy(self, ids: torch.Tensor, n: int) -> list[int]:
         out = ids

@@ -23,15 +23,18 @@ class ConvertError(ConfigError):
 
 
 # --------------------------------------------------------------------------------------------- config
+FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}  # model_type -> architecture
+
+
 def read_hf_config(hf_dir: Path) -> dict:
     path = hf_dir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no config.json (not a HuggingFace model directory)")
     cfg = json.loads(path.read_text())
-    archs = cfg.get("architectures") or ["LlamaForCausalLM"]
-    if cfg.get("model_type") != "llama" or archs != ["LlamaForCausalLM"]:
-        raise ConvertError(f"{path}: model_type {cfg.get('model_type')!r} / architectures {archs} is not LLaMA; "
-                           "carebot converts LlamaForCausalLM checkpoints only")
+    archs = cfg.get("architectures") or [FAMILIES.get(cfg.get("model_type"), "LlamaForCausalLM")]
+    if FAMILIES.get(cfg.get("model_type")) != archs[0] or len(archs) != 1:
+        raise ConvertError(f"{path}: model_type {cfg.get('model_type')!r} / architectures {archs} is not one of "
+                           f"{', '.join(FAMILIES.values())}; carebot converts these families only")
     return cfg
 
 
@@ -49,8 +52,11 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         problems.append(f"rope scaling {rp.get('rope_type', rp.get('type'))!r} (only plain RoPE)")
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {hf['hidden_act']!r} (SwiGLU needs silu)")
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
-        problems.append("attention/mlp biases")
+    qwen2 = hf.get("model_type") == "qwen2"  # q/k/v biases, none on o_proj or the MLP
+    if not qwen2 and (hf.get("attention_bias") or hf.get("mlp_bias")):
+        problems.append("attention/mlp biases (o_proj / MLP biases: only Qwen2's q/k/v biases are supported)")
+    if qwen2 and hf.get("use_sliding_window"):
+        problems.append("sliding-window attention")
     if hf.get("head_dim") not in (None, hidden // heads):
         problems.append(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
     if problems:
@@ -59,12 +65,13 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                        ffn_hidden_size=hf["intermediate_size"], num_attention_heads=heads,
                        num_query_groups=hf.get("num_key_value_heads") or heads, rotary_base=rope_theta(hf),
                        norm_epsilon=hf.get("rms_norm_eps", 1e-5),
-                       untie_embeddings=not hf.get("tie_word_embeddings", False))
+                       untie_embeddings=not hf.get("tie_word_embeddings", False), qkv_bias=qwen2)
 
 
 def hf_config_from_model(m: ModelConfig, vocab_size: int, dtype: torch.dtype, tokenizer, base: dict | None):
-    """Our ModelConfig -> transformers.LlamaConfig (keeping the source HF config's extra fields when known)."""
-    from transformers import LlamaConfig
+    """Our ModelConfig -> transformers.LlamaConfig / Qwen2Config (keeping the source HF config's extra fields
+    when known)."""
+    from transformers import LlamaConfig, Qwen2Config
 
     d = dict(base or {})
     for k in ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures", "model_type"):
@@ -73,15 +80,15 @@ def hf_config_from_model(m: ModelConfig, vocab_size: int, dtype: torch.dtype, to
              num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
              num_key_value_heads=m.num_query_groups, head_dim=m.hidden_size // m.num_attention_heads,
              hidden_act="silu", rms_norm_eps=m.norm_epsilon, tie_word_embeddings=not m.untie_embeddings,
-             attention_bias=False, mlp_bias=False,
+             **({} if m.qkv_bias else {"attention_bias": False, "mlp_bias": False}),
              rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)})
     d.pop("rope_theta", None), d.pop("rope_scaling", None)
     d.setdefault("max_position_embeddings", 8192)
     if tokenizer is not None:
         d.setdefault("bos_token_id", tokenizer.bos_token_id)
         d.setdefault("eos_token_id", tokenizer.eos_token_id)
-    cfg = LlamaConfig(**d)
-    cfg.architectures = ["LlamaForCausalLM"]
+    cfg = (Qwen2Config if m.qkv_bias else LlamaConfig)(**d)
+    cfg.architectures = [FAMILIES["qwen2" if m.qkv_bias else "llama"]]
     cfg.dtype = HF_DTYPE_NAMES[dtype]
     return cfg
 
@@ -94,6 +101,14 @@ class Dims:
     head_dim: int
     vocab: int  # real (tokenizer) vocabulary
     padded_vocab: int  # rows of the megatron embedding / output layer
+
+
+def _qkv_bias_in(ts, d: Dims):
+    return _qkv_in(tuple(t[:, None] for t in ts), d)[:, 0]
+
+
+def _qkv_bias_out(t, d: Dims):
+    return tuple(x[:, 0] for x in _qkv_out(t[:, None], d))
 
 
 def _copy_in(ts, d):
@@ -147,6 +162,7 @@ class Row:
     to_megatron: Callable
     to_hf: Callable
     untied_only: bool = False
+    qkv_bias_only: bool = False
 
     @property
     def per_layer(self) -> bool:
@@ -159,6 +175,8 @@ ROWS: tuple[Row, ...] = (
     Row(_L + "input_layernorm.weight", ("model.layers.{i}.input_layernorm.weight",), _copy_in, _copy_out),
     Row(_L + "self_attention.linear_qkv.weight", (_A + "q_proj.weight", _A + "k_proj.weight", _A + "v_proj.weight"),
         _qkv_in, _qkv_out),
+    Row(_L + "self_attention.linear_qkv.bias", (_A + "q_proj.bias", _A + "k_proj.bias", _A + "v_proj.bias"),
+        _qkv_bias_in, _qkv_bias_out, qkv_bias_only=True),
     Row(_L + "self_attention.linear_proj.weight", (_A + "o_proj.weight",), _copy_in, _copy_out),
     Row(_L + "pre_mlp_layernorm.weight", ("model.layers.{i}.post_attention_layernorm.weight",), _copy_in, _copy_out),
     Row(_L + "mlp.linear_fc1.weight", (_M + "gate_proj.weight", _M + "up_proj.weight"), _fc1_in, _fc1_out),
@@ -171,7 +189,7 @@ ROWS: tuple[Row, ...] = (
 def expand_rows(m: ModelConfig):
     """(megatron name, HF names, row) for every parameter of the model."""
     for row in ROWS:
-        if row.untied_only and not m.untie_embeddings:
+        if (row.untied_only and not m.untie_embeddings) or (row.qkv_bias_only and not m.qkv_bias):
             continue
         for i in range(m.num_layers) if row.per_layer else [None]:
             fmt = (lambda s: s.format(i=i)) if i is not None else (lambda s: s)

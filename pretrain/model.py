@@ -58,7 +58,7 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, bf16: bool) -> Transfo
         kv_channels=m.hidden_size // m.num_attention_heads,
         normalization="RMSNorm", layernorm_epsilon=m.norm_epsilon,
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, bias_activation_fusion=on_gpu,
-        add_bias_linear=False, add_qkv_bias=False,
+        add_bias_linear=False, add_qkv_bias=m.qkv_bias,
         hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
         init_method_std=m.init_method_std,
         tensor_model_parallel_size=p.tensor, pipeline_model_parallel_size=p.pipeline,
