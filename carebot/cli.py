@@ -80,8 +80,8 @@ def run(main_fn: Callable[[list[str] | None], int | None], argv: list[str] | Non
     children_die_with_me()
     try:
         return int(main_fn(argv) or 0)
-    except (*USER_ERRORS, OSError) as e:
-        if isinstance(e, OSError) and not isinstance(e, FS_ERRORS) and e.errno not in FS_ERRNOS:
+    except (CareBotError, OSError) as e:
+        if not isinstance(e, USER_ERRORS) and e.errno not in FS_ERRNOS:  # an OSError not about a user's path
             raise
         print(f"{prog}: error: {_message(e)}", file=sys.stderr, flush=True)
         return 2

@@ -39,11 +39,11 @@ def output_names(inputs: Iterable[str | Path]) -> list[str]:
     (`a/part.jsonl`, `b/part.jsonl` stay apart); one input keeps its file name. The same file given twice is
     an InputError."""
     paths = [Path(p).resolve() for p in inputs]
-    seen: dict[Path, int] = {}
-    for i, p in enumerate(paths):
+    seen: set[Path] = set()
+    for p in paths:
         if p in seen:
             raise InputError(f"{p}: given twice as input")
-        seen[p] = i
+        seen.add(p)
     if len(paths) <= 1:
         return [p.name for p in paths]
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carebot.commit import fingerprint
 from carebot.config import parse_command
 from carebot.errors import ConfigError, InputError
 from carebot.io import require_records, write_json
@@ -91,11 +92,6 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
 
 def _is_shard(p: Path) -> bool:
     return p.name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet"))
-
-
-def _file_key(p: Path) -> dict:
-    st = p.stat()
-    return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 # ---------------------------------------------------------------------------------------------- chat
@@ -176,7 +172,7 @@ def run(cfg: TokenizeConfig) -> dict:
     suffix += [enc.eod] if cfg.append_eod else []
     Path(cfg.output_prefix).parent.mkdir(parents=True, exist_ok=True)
     setup = {"config": asdict(cfg), "tokenizer_sha256": enc.fingerprint, "prefix_ids": prefix, "suffix_ids": suffix,
-             "dtype": dtype.name, "inputs": [_file_key(f) for f in files]}
+             "dtype": dtype.name, "inputs": [fingerprint(f) for f in files]}
     print("[tokenize] " + json.dumps(setup["config"], ensure_ascii=False), file=sys.stderr)
 
     # Up to date? (same config, same input files) -> nothing to do.
@@ -227,7 +223,7 @@ def run(cfg: TokenizeConfig) -> dict:
             outs[k][0].flush()
             outs[k][1].flush()
         ends = {k: {"bytes": outs[k][0].tell(), "docs": outs[k][1].tell() // 4} for k in keys}
-        prog["done"].append({"file": _file_key(f), "sha256": stats.sha256, "lines": stats.lines,
+        prog["done"].append({"file": fingerprint(f), "sha256": stats.sha256, "lines": stats.lines,
                              "docs": stats.records, "skipped": dict(stats.skipped), "examples": stats.examples,
                              "engine": enc.engine, "ends": ends,
                              "lang_docs": {k: v.tolist() for k, v in lang_docs.items()},
