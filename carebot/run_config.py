@@ -29,6 +29,9 @@ class ModelConfig:
     attention_dropout: float = 0.0
     untie_embeddings: bool = True
     qkv_bias: bool = False  # biases on q / k / v only (Qwen2 / Qwen2.5)
+    # Llama-3.1/3.2 RoPE scaling ("llama3" rope_type) as megatron-core applies it: low_freq_factor 1,
+    # high_freq_factor 4, original context 8192; None: plain RoPE
+    rope_scaling_factor: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -138,6 +141,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         bad("model.vocab_size", m.vocab_size, "must be >= 1 (or null: from the tokenizer)")
     if m.rotary_base <= 0 or m.norm_epsilon <= 0:
         bad("model.rotary_base / model.norm_epsilon", (m.rotary_base, m.norm_epsilon), "must be > 0")
+    if m.rope_scaling_factor is not None and m.rope_scaling_factor < 1:
+        bad("model.rope_scaling_factor", m.rope_scaling_factor, "must be >= 1 (or null: plain RoPE)")
     for key in ("hidden_dropout", "attention_dropout"):
         if not 0.0 <= getattr(m, key) < 1.0:
             bad(f"model.{key}", getattr(m, key), "must be in [0, 1)")

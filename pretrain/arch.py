@@ -20,7 +20,7 @@ from carebot.run_config import RunConfig
 
 # what a checkpoint fixes; the rest of ModelConfig is how the run trains it
 ARCH_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-             "rotary_base", "norm_epsilon", "untie_embeddings", "qkv_bias")
+             "rotary_base", "rope_scaling_factor", "norm_epsilon", "untie_embeddings", "qkv_bias")
 _ENV_OF_A_RUN = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
                  "ROLE_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 
@@ -100,6 +100,8 @@ def from_checkpoint(cfg: RunConfig, own_root: Path) -> RunConfig:
 
 
 def _differ(a, b) -> bool:
+    if a is None or b is None:
+        return a is not b
     if isinstance(a, float) or isinstance(b, float):
         return abs(float(a) - float(b)) > 1e-6 * max(abs(float(a)), abs(float(b)), 1e-30)
     return a != b

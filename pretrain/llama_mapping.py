@@ -43,13 +43,30 @@ def rope_theta(hf: dict) -> float:
     return float(rp.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
+# megatron-core's RotaryEmbedding applies Llama-3.1's scaling with these fixed; only `factor` is a parameter
+LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def rope_scaling_factor(hf: dict, problems: list) -> float | None:
+    rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = rp.get("rope_type", rp.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        problems.append(f"rope scaling {kind!r} (plain RoPE and Llama-3.1's 'llama3' only)")
+        return None
+    off = [f"{k}={rp.get(k)!r} (megatron-core fixes {v})" for k, v in LLAMA3_ROPE_FIXED.items()
+           if rp.get(k) is None or float(rp[k]) != v]
+    if off:
+        problems.append("llama3 rope scaling with " + ", ".join(off))
+    return float(rp.get("factor", 8.0))
+
+
 def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """HF LlamaConfig dict -> our ModelConfig; refuses what megatron's LLaMA build cannot express."""
     heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
-    rp = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     problems = []
-    if rp.get("rope_type", rp.get("type", "default")) != "default":
-        problems.append(f"rope scaling {rp.get('rope_type', rp.get('type'))!r} (only plain RoPE)")
+    scaling = rope_scaling_factor(hf, problems)
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {hf['hidden_act']!r} (SwiGLU needs silu)")
     qwen2 = hf.get("model_type") == "qwen2"  # q/k/v biases, none on o_proj or the MLP
@@ -65,7 +82,8 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
                        ffn_hidden_size=hf["intermediate_size"], num_attention_heads=heads,
                        num_query_groups=hf.get("num_key_value_heads") or heads, rotary_base=rope_theta(hf),
                        norm_epsilon=hf.get("rms_norm_eps", 1e-5),
-                       untie_embeddings=not hf.get("tie_word_embeddings", False), qkv_bias=qwen2)
+                       untie_embeddings=not hf.get("tie_word_embeddings", False), qkv_bias=qwen2,
+                       rope_scaling_factor=scaling)
 
 
 def hf_config_from_model(m: ModelConfig, vocab_size: int, dtype: torch.dtype, tokenizer, base: dict | None):
@@ -81,7 +99,9 @@ def hf_config_from_model(m: ModelConfig, vocab_size: int, dtype: torch.dtype, to
              num_key_value_heads=m.num_query_groups, head_dim=m.hidden_size // m.num_attention_heads,
              hidden_act="silu", rms_norm_eps=m.norm_epsilon, tie_word_embeddings=not m.untie_embeddings,
              **({} if m.qkv_bias else {"attention_bias": False, "mlp_bias": False}),
-             rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)})
+             rope_parameters={"rope_type": "default", "rope_theta": float(m.rotary_base)} if m.rope_scaling_factor is None
+             else {"rope_type": "llama3", "rope_theta": float(m.rotary_base), "factor": float(m.rope_scaling_factor),
+                   **LLAMA3_ROPE_FIXED})
     d.pop("rope_theta", None), d.pop("rope_scaling", None)
     d.setdefault("max_position_embeddings", 8192)
     if tokenizer is not None:

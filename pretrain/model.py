@@ -90,6 +90,7 @@ def build_model(m: ModelConfig, p: ParallelConfig, vocab_size: int, seq_length: 
         pre_process=mpu.is_pipeline_first_stage(), post_process=mpu.is_pipeline_last_stage(),
         share_embeddings_and_output_weights=not m.untie_embeddings,
         position_embedding_type="rope", rotary_base=int(m.rotary_base), rotary_percent=1.0,
+        rope_scaling=m.rope_scaling_factor is not None, rope_scaling_factor=m.rope_scaling_factor or 8.0,
     )
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())

@@ -217,6 +217,10 @@ def test_trained_tp2pp2_checkpoint_to_hf(exported, trained, tiny_hf):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert not [r for r in records if r.levelno >= logging.WARNING and "key" in r.getMessage().lower()]
     assert model.config.rope_parameters["rope_theta"] == 500000.0 and model.config.num_key_value_heads == 2
+    # the source config's own fields survive training (before: max_position_embeddings fell back to 8192)
+    src = json.loads((tiny_hf / "config.json").read_text())
+    assert model.config.max_position_embeddings == src["max_position_embeddings"] == 4096
+    assert model.config.initializer_range == src["initializer_range"] == 0.1
     tok = AutoTokenizer.from_pretrained(str(hf))
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False).count("<|eot_id|>") == 1
     s = json.loads(exported["verify"].read_text())
@@ -286,37 +290,55 @@ def test_init_from_an_hf_dir_takes_its_architecture(tmp_path, tiny_hf, small_tok
     assert len(errors) == 1 and "model.num_layers=4" in errors[0] and "num_layers=2" in errors[0], errors
 
 
-def test_qwen2_qkv_bias_round_trip_and_logits_parity(tmp_path, small_tokenizer_dir):
-    """A tiny random Qwen2 (q/k/v biases, tied embeddings, rope theta 1e6): HF -> Megatron -> HF bitwise, and
-    megatron logits equal HF's at TP1, TP2 and PP2 (biases perturbed: a mis-interleaved bias would show).
-    Before, any non-LLaMA model_type was refused."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+FAMILY = {  # a tiny random checkpoint of each family beyond plain LLaMA-3
+    # q/k/v biases, tied embeddings, rope theta 1e6 (before: any non-LLaMA model_type was refused)
+    "qwen2": dict(model_type="qwen2", rope_theta=1e6, tie_word_embeddings=True),
+    # Llama-3.1 RoPE scaling (before: refused); theta 5e5 at head_dim 16 puts 4 of 8 frequencies in the
+    # scaled / smoothed bands, so dropping the scaling moves the logits far beyond the verify tolerance
+    "llama3.1": dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=False, max_position_embeddings=131072,
+                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+
+
+def family_hf(out: Path, family: str, tokenizer_dir: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from carebot.tokenizer import load_tokenizer
 
-    hf = tmp_path / "qwen2"
-    load_tokenizer(small_tokenizer_dir).save_pretrained(hf)
-    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2"}))  # the tokenizer as a Qwen2 dir loads it
-    tok = load_tokenizer(hf)
+    kw = dict(FAMILY[family])
+    load_tokenizer(tokenizer_dir).save_pretrained(out)
+    (out / "config.json").write_text(json.dumps({"model_type": kw["model_type"]}))  # the tokenizer loads as this family
+    tok = load_tokenizer(out)
     torch.manual_seed(1)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6,
-                                         tie_word_embeddings=True, initializer_range=0.1, max_position_embeddings=4096,
-                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    cfg = AutoConfig.for_model(kw.pop("model_type"), vocab_size=len(tok), hidden_size=64, intermediate_size=176,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, initializer_range=0.1,
+                               max_position_embeddings=kw.pop("max_position_embeddings", 4096),
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **kw)
+    model = AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.copy_(torch.randn_like(p) * 0.5)
-    model.save_pretrained(hf)
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.5)  # a mis-interleaved bias or swapped norm would show
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY))
+def test_family_round_trip_bitwise_and_logits_parity(tmp_path, small_tokenizer_dir, family):
+    """HF -> Megatron -> HF bitwise (config fields kept), and megatron logits equal HF's at TP1, TP2 and PP2."""
+    hf = family_hf(tmp_path / family, family, small_tokenizer_dir)
     rcs, err, _ = convert_calls(["hf-to-megatron", "--hf", hf, "--out", tmp_path / "mcore", "--tensor", "2"],
                                 ["megatron-to-hf", "--megatron", tmp_path / "mcore", "--out", tmp_path / "back"])
     assert rcs == [0, 0], err[-3000:]
     a, b = tensors_of(hf), tensors_of(tmp_path / "back")
-    assert sorted(a) == sorted(b) and any(k.endswith("q_proj.bias") for k in a)
+    assert sorted(a) == sorted(b)
+    assert any(k.endswith("q_proj.bias") for k in a) == (family == "qwen2")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    cb = json.loads((tmp_path / "back" / "config.json").read_text())
-    assert cb["architectures"] == ["Qwen2ForCausalLM"] and cb["tie_word_embeddings"] is True
+    ca, cb = (json.loads((d / "config.json").read_text()) for d in (hf, tmp_path / "back"))
+    for key in ("architectures", "tie_word_embeddings", "rope_parameters", "max_position_embeddings"):
+        assert ca[key] == cb[key], key
     p = subprocess.run([sys.executable, "-m", "carebot.cli", "convert", "verify", "--hf", str(hf), "--megatron",
                         str(tmp_path / "mcore"), "--layouts", "1x1,2x1,1x2", "--summary", str(tmp_path / "v.json")],
                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
@@ -325,3 +347,35 @@ def test_qwen2_qkv_bias_round_trip_and_logits_parity(tmp_path, small_tokenizer_d
     s = json.loads((tmp_path / "v.json").read_text())
     assert [(r["tp"], r["pp"]) for r in s["layouts"]] == [(1, 1), (2, 1), (1, 2)]
     assert all(r["max_abs_logit"] > 1.0 and r["greedy_equal"] for r in s["layouts"])
+    if family == "llama3.1":  # the check can see the scaling: the same weights without it are far off
+        from transformers import AutoModelForCausalLM
+
+        from pretrain.convert_verify import default_texts
+
+        plain = json.loads((hf / "config.json").read_text())
+        plain["rope_parameters"] = {"rope_type": "default", "rope_theta": 500000.0}
+        ids = torch.tensor([load_ids(hf, default_texts(1)[0])[:128]])
+        scaled = AutoModelForCausalLM.from_pretrained(hf, attn_implementation="eager")(ids).logits
+        (hf / "config.json").write_text(json.dumps(plain))
+        unscaled = AutoModelForCausalLM.from_pretrained(hf, attn_implementation="eager")(ids).logits
+        assert (scaled - unscaled).abs().max() > 100 * s["tolerance"]
+
+
+def load_ids(hf: Path, text: str) -> list[int]:
+    from carebot.tokenizer import load_tokenizer
+
+    return load_tokenizer(hf)(text)["input_ids"]
+
+
+@pytest.mark.parametrize("field,value", [("original_max_position_embeddings", 4096), ("high_freq_factor", 2.0)])
+def test_llama3_rope_scaling_megatron_cannot_express_is_refused(field, value):
+    """megatron-core fixes low/high frequency factors 1/4 and the 8192 original context: anything else is refused
+    by name instead of converting to a model that computes different frequencies."""
+    from pretrain.llama_mapping import ConvertError, model_config_from_hf
+
+    hf = {"num_attention_heads": 4, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 176,
+          "rope_parameters": {**FAMILY["llama3.1"]["rope_scaling"], "rope_theta": 5e5, field: value}}
+    with pytest.raises(ConvertError, match=f"{field}={value!r} \\(megatron-core fixes"):
+        model_config_from_hf(hf)
+    hf["rope_parameters"][field] = FAMILY["llama3.1"]["rope_scaling"][field]
+    assert model_config_from_hf(hf).rope_scaling_factor == 8.0
