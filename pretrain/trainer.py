@@ -339,10 +339,12 @@ class Trainer:
                   f"{logs['tokens_per_s']:,.0f} tok/s {logs['tflops_per_device']:.3f} TFLOP/s/dev{mfu}", flush=True)
 
     def param_checksum(self) -> float:
-        """Sum of all parameters (float64) over the whole model: equal weights give equal checksums."""
+        """Sum of all parameters (float64) over the whole model: equal weights give equal checksums, at any layout
+        (the last pipeline stage's copy of tied embeddings, megatron's `shared` parameter, counts once)."""
         s = torch.zeros(1, dtype=torch.float64)
         for p in self.unwrapped.parameters():
-            s += p.detach().double().sum().cpu()
+            if not getattr(p, "shared", False):
+                s += p.detach().double().sum().cpu()
         if torch.cuda.is_available():
             s = s.cuda()
         dist.all_reduce(s, group=mpu.get_model_parallel_group())

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import metrics, run_stage
 
@@ -62,6 +63,21 @@ def test_parallel_layouts_match_single_process(tmp_path, base, init_ckpt, refere
     for a, b in zip(losses, reference_losses):
         assert abs(a - b) / abs(b) < 1e-4, (losses, reference_losses)
     assert losses[-1] < losses[0]  # it trained
+
+
+def test_tied_embeddings_checksum_and_loss_at_pp2(tmp_path, base):
+    """With tied embeddings the last pipeline stage holds a copy of the embedding: the init checksum counts it
+    once (before: twice, so a PP2 run's checksum never matched its own checkpoint's) and step 1 matches PP1."""
+    tied = base + ["model.untie_embeddings=false", "train.train_steps=1"]
+    run_pretrain(tmp_path / "init", tied + ["train.exit_after_steps=0"])
+    it = tmp_path / "init" / "checkpoints" / "iter_0000000"
+    saved = torch.load(it / "common.pt", weights_only=True)["carebot"]["param_checksum"]
+    run_pretrain(tmp_path / "pp1", tied + [f"checkpoint.init_from={it.parent}"])
+    run_pretrain(tmp_path / "pp2", tied + [f"checkpoint.init_from={it.parent}", "parallel.pipeline=2"], nproc=2)
+    (pp1,), (pp2,) = metrics(tmp_path / "pp1"), metrics(tmp_path / "pp2")
+    assert pp1["init_param_checksum"] == saved
+    assert abs(pp2["init_param_checksum"] - saved) <= 1e-9 * abs(saved), (pp2["init_param_checksum"], saved)
+    assert abs(pp2["loss"] - pp1["loss"]) < 1e-5 * pp1["loss"]
 
 
 @pytest.fixture(scope="module")
