@@ -120,7 +120,7 @@ class Trainer:
         steps = t.train_steps
         self.scheduler = OptimizerParamScheduler(
             self.optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
-            lr_warmup_steps=int(round(o.warmup_ratio * steps)), lr_decay_steps=max(steps, 1),
+            lr_warmup_steps=int(round(o.warmup_ratio * steps)), lr_decay_steps=steps + 1,  # min_lr one past the end
             lr_decay_style=o.decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
             wd_incr_steps=max(steps, 1), wd_incr_style="constant")
         tf.finalize_model_grads_func = finalize_model_grads

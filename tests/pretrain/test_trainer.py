@@ -152,12 +152,20 @@ def test_stable_to_boost_weights_and_schedule(tmp_path, base, straight_run):
     common = torch.load(stable / "iter_0000020" / "common.pt", weights_only=True)
     boost = metrics(tmp_path)
     assert boost[0]["init_param_checksum"] == common["carebot"]["param_checksum"]
-    # new schedule: 10% warmup (1 step) then cosine from 1e-3 to 1e-4 over 10 steps
+    # new schedule: 10% warmup (1 step) then cosine from 1e-3 toward 1e-4, reached one step past the last
     expect = [1e-3 * min(1.0, k / 1) if k <= 1 else
-              1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (k - 1) / 9)) for k in range(1, 11)]
+              1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (k - 1) / 10)) for k in range(1, 11)]
     assert [r["lr"] for r in boost] == pytest.approx(expect, rel=1e-9)
     # starting from the stable weights, not from scratch: the first boost loss is far below stable's first
     assert boost[0]["loss"] < metrics(straight_run)[0]["loss"] - 0.5
+
+
+def test_min_lr_zero_still_trains_the_last_step(tmp_path, base):
+    """min_lr 0: no step trains at lr 0 (before: the last step did, so a 1-step run changed no weight)."""
+    run_pretrain(tmp_path, base + ["train.train_steps=1", "optim.min_lr=0", "optim.lr=1e-3"])
+    (row,) = metrics(tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "iter_0000001" / "common.pt", weights_only=True)["carebot"]
+    assert row["lr"] > 0 and saved["param_checksum"] != row["init_param_checksum"]
 
 
 @pytest.mark.parametrize("override,needle", [
