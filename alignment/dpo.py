@@ -150,23 +150,42 @@ def collate_pairs(samples: list[dict]) -> dict:
     return {k: torch.cat([s[k] for s in samples]) for k in samples[0]}
 
 
-def _row(tokenizer, msgs: list[dict], seq: int, pad: int) -> tuple[dict, bool]:
-    ids, mask = render_dialogue(tokenizer, msgs, only_last=True)
-    truncated = len(ids) > seq + 1
-    t, l, m = shift(ids[:seq + 1], mask[:seq + 1])
+def fit_pair(c: tuple[list, list], r: tuple[list, list], window: int, bos: int | None):
+    """Fit a (chosen, rejected) pair of rendered (ids, mask) into `window` tokens the way DPO needs: the two
+    keep the SAME prompt, cut from the LEFT (the end of a dialogue is what the reply answers) just enough for
+    the longer reply to fit, but never to less than half the window (a leading BOS is kept); only then are
+    replies cut from the right. Returns both fitted, the prompt tokens cut and whether a reply was cut."""
+    p = min(next((i for i, m in enumerate(x[1]) if m), len(x[1])) for x in (c, r))  # shared prompt length
+    longest = max(len(c[0]), len(r[0])) - p
+    keep_bos = int(bos is not None and p > 0 and c[0][0] == bos)
+    cut = min(max(0, p + longest - window), max(0, p - max(window // 2, keep_bos)))
+    out = []
+    for ids, mask in (c, r):
+        if cut:
+            ids, mask = ids[:keep_bos] + ids[keep_bos + cut:], mask[:keep_bos] + mask[keep_bos + cut:]
+        out.append((ids[:window], mask[:window]))
+    return out[0], out[1], cut, max(len(c[0]), len(r[0])) - cut > window
+
+
+def _row(ids: list, mask: list, seq: int, pad: int) -> dict:
+    t, l, m = shift(ids, mask)
     n = len(t)
     row = {"tokens": np.full(seq, pad), "labels": np.full(seq, pad), "loss_mask": np.zeros(seq, np.float32)}
     row["tokens"][:n], row["labels"][:n], row["loss_mask"][:n] = t, l, m
-    return row, truncated
+    return row
 
 
 def tokenize_pairs(tokenizer, pairs, seq: int, pad: int) -> tuple[list[dict], dict]:
-    rows, stats = [], {"pairs": len(pairs), "kept": 0, "truncated": 0, "dropped_empty_response": 0}
+    rows = []
+    stats = {"pairs": len(pairs), "kept": 0, "prompt_cut_left": 0, "reply_cut": 0, "dropped_empty_response": 0}
     for p in pairs:
-        c, tc = _row(tokenizer, p.prompt + [{"role": "assistant", "content": p.chosen}], seq, pad)
-        r, tr = _row(tokenizer, p.prompt + [{"role": "assistant", "content": p.rejected}], seq, pad)
-        stats["truncated"] += tc or tr
-        if c["loss_mask"].sum() == 0 or r["loss_mask"].sum() == 0:  # the prompt alone fills the window
+        c, r, cut, reply_cut = fit_pair(render_dialogue(tokenizer, p.prompt + [{"role": "assistant", "content": p.chosen}], only_last=True),
+                                        render_dialogue(tokenizer, p.prompt + [{"role": "assistant", "content": p.rejected}], only_last=True),
+                                        seq + 1, tokenizer.bos_token_id)
+        stats["prompt_cut_left"] += cut > 0
+        stats["reply_cut"] += reply_cut
+        c, r = _row(*c, seq, pad), _row(*r, seq, pad)
+        if c["loss_mask"].sum() == 0 or r["loss_mask"].sum() == 0:  # a reply that renders to no token
             stats["dropped_empty_response"] += 1
             continue
         g = [p.meta.get("chosen_reward"), p.meta.get("rejected_reward")]

@@ -148,3 +148,35 @@ def test_rpo_without_rewards_is_one_clear_line(tmp_path, tiny_base, dpo_pairs_fi
     assert main(["--config", "tiny_dpo.yaml", f"output_dir={tmp_path}", *tiny_base,
                  f"data.data_path=[{dpo_pairs_file}]", "stage_args={loss: rpo_sq}"]) == 2
     assert "needs chosen_reward and rejected_reward" in capsys.readouterr().err
+
+
+def test_long_prompt_is_cut_from_the_left_not_dropped(small_tokenizer_dir, dpo_pairs_file):
+    """A pair whose dialogue history fills the window keeps both replies whole behind the SAME prompt, cut from
+    the left (BOS kept). Before: the reply fell out of the window and the pair was dropped."""
+    from alignment.chat_data import render_dialogue
+    from alignment.dpo import tokenize_pairs
+    from carebot.tokenizer import load_tokenizer
+    from data_tools.sft.formats import Pair, read_pairs
+
+    hf = load_tokenizer(small_tokenizer_dir)
+    real = sorted(read_pairs(dpo_pairs_file), key=lambda p: len(p.chosen) + len(p.rejected))
+    last, rest = real[0], real[1:9]  # the shortest replies answer, after a long real history
+    history = [m for p in rest for m in (p.prompt[0], {"role": "assistant", "content": p.chosen})]
+    pair = Pair(prompt=history + last.prompt, chosen=last.chosen, rejected=last.rejected, id="long")
+    full = [render_dialogue(hf, pair.prompt + [{"role": "assistant", "content": x}], only_last=True)
+            for x in (pair.chosen, pair.rejected)]
+    replies = [[t for t, m in zip(ids, mask) if m] for ids, mask in full]
+    seq = 4 * max(map(len, replies))
+    assert all(len(ids) > 2 * seq for ids, _ in full)  # the history alone is far longer than the window
+
+    rows, stats = tokenize_pairs(hf, [pair], seq, pad=0)
+    assert stats["kept"] == 1 and stats["prompt_cut_left"] == 1 and stats["dropped_empty_response"] == 0
+    row = rows[0]
+    for k, reply in enumerate(replies):  # each reply whole, in the labels where the mask is on
+        assert row["labels"][k][row["loss_mask"][k].bool()].tolist() == reply
+    n = [int(row["loss_mask"][k].nonzero()[0]) for k in (0, 1)]  # tokens before the first reply label
+    assert n[0] == n[1] and torch.equal(row["tokens"][0, :n[0] + 1], row["tokens"][1, :n[1] + 1])  # same prompt
+    assert int(row["tokens"][0, 0]) == hf.bos_token_id
+    # it is the END of the prompt that stays: the kept prompt tokens are the original's last ones
+    start = next(i for i, m in enumerate(full[0][1]) if m)
+    assert row["tokens"][0, 1:n[0] + 1].tolist() == full[0][0][start - n[0]:start]
