@@ -16,7 +16,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from carebot.errors import ConfigError
-from carebot.run_config import RunConfig
+from carebot.run_config import ModelConfig, RunConfig
 
 # what a checkpoint fixes; the rest of ModelConfig is how the run trains it
 ARCH_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
@@ -84,6 +84,14 @@ def from_checkpoint(cfg: RunConfig, own_root: Path) -> RunConfig:
     stored = ckpt.load_meta(src).get("model")
     if not stored:
         return cfg  # an old checkpoint without its architecture: the recipe's shape is checked on load
+    out = replace(cfg, model=with_arch(cfg, stored, src))
+    out.stated = getattr(cfg, "stated", frozenset())
+    return out
+
+
+def with_arch(cfg: RunConfig, stored: dict, src) -> ModelConfig:
+    """cfg.model with the architecture keys of `stored` (a checkpoint's ModelConfig); a key `cfg` STATES that
+    disagrees is a ConfigError naming both values."""
     stated = getattr(cfg, "stated", frozenset())
     have = asdict(cfg.model)
     for k in ARCH_KEYS:
@@ -94,9 +102,7 @@ def from_checkpoint(cfg: RunConfig, own_root: Path) -> RunConfig:
     changed = {k: v for k, v in arch.items() if _differ(have[k], v)}
     if changed:
         print(f"[carebot] architecture from {src}: " + ", ".join(f"{k}={v}" for k, v in changed.items()), flush=True)
-    out = replace(cfg, model=replace(cfg.model, **arch))
-    out.stated = stated
-    return out
+    return replace(cfg.model, **arch)
 
 
 def _differ(a, b) -> bool:

@@ -19,6 +19,7 @@ from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as mpu
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException
 
 from carebot.errors import CareBotError
 
@@ -193,6 +194,17 @@ def load_meta(ckpt_dir: Path) -> dict:
     return common.get("carebot", {})
 
 
+def _first_failure(e: BaseException) -> str:
+    """One line for a load failure: a CheckpointException wraps each rank's exception (megatron's shape
+    message names the tensor and both shapes); show the first, not the per-rank tracebacks."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        e = next(iter(failures.values()))
+        e = e[0] if isinstance(e, tuple) else e
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def load(ckpt_dir: Path, model, optimizer=None, scheduler=None) -> dict:
     """Load weights (always) and optimizer / scheduler / RNG (when given and present) from `ckpt_dir`.
     Returns the checkpoint's `carebot` metadata (iteration, consumed_samples, ...)."""
@@ -209,11 +221,18 @@ def load(ckpt_dir: Path, model, optimizer=None, scheduler=None) -> dict:
     read_dist_metadata(ckpt_dir)  # refuses a crafted .metadata before megatron unpickles it
     try:
         with _byte_items_weights_only():
-            state = dist_checkpointing.load(request, str(ckpt_dir))
+            state, missing, unexpected = dist_checkpointing.load(request, str(ckpt_dir), strict="return_all")
     except CheckpointError:
         raise
-    except Exception as e:  # truncated files, wrong shapes: say which checkpoint
-        raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {type(e).__name__}: {e}") from e
+    except (Exception, CheckpointException) as e:  # torch's CheckpointException is a BaseException
+        raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: {_first_failure(e)}") from e
+    # megatron's words: `missing` = in the checkpoint, not asked for; `unexpected` = asked for, not in it
+    extra = sorted(k for k in missing if not k.startswith(("optimizer.", "rng_state")))
+    if extra or unexpected:  # a model that is not the checkpoint's: never load it partly
+        what = "; ".join(([f"has no {', '.join(sorted(unexpected)[:3])}"] if unexpected else []) +
+                         ([f"has {', '.join(extra[:3])} that this model lacks"] if extra else []))
+        raise CheckpointError(f"cannot load checkpoint {ckpt_dir}: it {what} (tied vs untied embeddings, or "
+                              "another architecture?)")
     model.load_state_dict(state["model"])
     if "optimizer" in request:
         optimizer.load_state_dict(state["optimizer"])

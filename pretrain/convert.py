@@ -220,8 +220,10 @@ def _megatron_source(it: Path, args_config: str | None, overrides: list[str], to
     meta = ckpt.load_meta(it)
     hf_base, m, tok = meta.get("hf_config"), None, tokenizer
     if args_config:
+        from pretrain.arch import with_arch
+
         cfg = load_config(args_config, overrides)
-        m, tok = cfg.model, tok or cfg.data.tokenizer
+        m, tok = (with_arch(cfg, meta["model"], it) if meta.get("model") else cfg.model), tok or cfg.data.tokenizer
     elif "model" in meta:
         m, tok = ModelConfig(**meta["model"]), tok or meta.get("tokenizer")
     else:

@@ -379,3 +379,30 @@ def test_llama3_rope_scaling_megatron_cannot_express_is_refused(field, value):
         model_config_from_hf(hf)
     hf["rope_parameters"][field] = FAMILY["llama3.1"]["rope_scaling"][field]
     assert model_config_from_hf(hf).rope_scaling_factor == 8.0
+
+
+def test_a_model_that_is_not_the_checkpoints_is_one_line(tmp_path, converted):
+    """A recipe that disagrees with the checkpoint: a stated architecture key is refused by name; and where the
+    checkpoint records no architecture (an old or foreign one), a wrong shape or tied-vs-untied embeddings
+    are one line naming the tensor (and both shapes). Before: a 70-line CheckpointException traceback (torch's
+    exception is a BaseException), a KeyError, or, untied into tied, the lm_head silently dropped."""
+    bare = tmp_path / "bare"
+    shutil.copytree(converted["mcore"], bare)
+    common = bare / "iter_0000000" / "common.pt"
+    state = torch.load(common, weights_only=True)
+    state["carebot"].pop("model")
+    torch.save(state, common)
+    tok = f"data.tokenizer={converted['mcore'] / 'tokenizer'}"
+    export = ["megatron-to-hf", "--out", tmp_path / "never", "--config", "tiny_stable_cpt.yaml", tok,
+              "model.ffn_hidden_size=176"]
+    rcs, err, _ = convert_calls([*export, "model.rotary_base=10000", "--megatron", converted["mcore"]],
+                                [*export, "model.num_query_groups=4", "--megatron", bare],
+                                [*export, "model.untie_embeddings=false", "--megatron", bare])
+    assert rcs == [2, 2, 2], err[-3000:]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(errors) == 3, err[-3000:]
+    assert "model.rotary_base=10000.0 disagrees" in errors[0] and "rotary_base=500000.0" in errors[0]
+    assert "decoder.layers.self_attention.linear_qkv.weight" in errors[1] and "[2, 128, 64]" in errors[1] \
+        and "(2, 192, 64)" in errors[1]
+    assert "has output_layer.weight that this model lacks" in errors[2]
+    assert not (tmp_path / "never").exists()
