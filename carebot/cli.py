@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("alignment.dpo:main", "direct preference optimisation (dpo / ipo / rpo)"),
     "eval mcq": ("eval.mcq:main", "seven medical MCQ benchmarks (log-likelihood / generation), N seeds"),
     "eval judge": ("eval.judge:main", "LLM-judged consultation (consult: per turn; pairwise: A/B swap)"),
+    "eval loss": ("eval.heldout:main", "held-out loss: text NLL and assistant-reply NLL of an HF model"),
     "eval report": ("eval.report:main", "Table-1 layout across models, paired t-tests, PNG plots"),
     "launch": ("launch.slurm_cli:main", "render / submit SLURM jobs and the stage chain"),
     "bench": ("launch.bench:main", "throughput benchmark: tokens/s/GPU, TFLOP/s, MFU"),

@@ -18,6 +18,8 @@ class Ctx:
     data: Path
     quick: bool
     tokenizer: str = "bpe"
+    base_model: str = ""  # an HF model directory: the model stages start from it, with its tokenizer
+    chat_template: str | None = None  # for a base model whose tokenizer has none (llama3 | chatml | FILE)
     base_url: str = ""
     local_llm: bool = True
     models: dict = field(default_factory=dict)  # role (label, doctor, consult) -> the endpoint's model name
@@ -55,10 +57,13 @@ def write_jl(path: Path, rows: list[dict]) -> Path:
 
 
 def tokenizer_dir(ctx: Ctx) -> Path:
-    """A 4k byte-level BPE trained on the demo's own corpus, with LLaMA-3's specials and chat template
-    (the real LLaMA-3 tokenizer works the same way: `--tokenizer llama3`)."""
+    """The base model's own tokenizer (`--base-model`); else a 4k byte-level BPE trained on the demo's own
+    corpus, with LLaMA-3's specials and chat template (the real LLaMA-3 tokenizer works the same way:
+    `--tokenizer llama3`)."""
     from carebot.tokenizer import build_llama3_tokenizer, train_small_bpe
 
+    if ctx.base_model:
+        return Path(ctx.base_model)
     if ctx.tokenizer == "llama3":
         return build_llama3_tokenizer(cache_dir() / "llama3-tokenizer")
     return train_small_bpe([r["text"] for r in jl(ctx.out / "corpus" / "raw.jsonl")], ctx.out / "tokenizer", 4096)

@@ -122,19 +122,26 @@ def s_bucket(ctx: Ctx) -> dict:
     return {p.name: sum(len(jl(f)) for f in p.glob("*.jsonl")) for p in sorted((ctx.out / "bucket").iterdir()) if p.is_dir()}
 
 
+HELD_OUT = 30  # the last items of each SFT source: held-out medical text no stage trains on (`eval loss`)
+
+
 def s_sft_data(ctx: Ctx) -> dict:
-    """Medical dialogues for the Boost CPT 'sft' bucket and for SFT: items after those in the raw corpus."""
-    rows = []
+    """Medical dialogues for the Boost CPT 'sft' bucket and for SFT: items after those in the raw corpus; the
+    last HELD_OUT of each source are held out (`sft_data/heldout_medical.jsonl`)."""
+    rows, held = [], []
     for rel, lang in SFT_SOURCES.items():
         f = ctx.data / rel
         recs = jl(f)
         start = _corpus_take(ctx, rel, len(recs))
-        for i, d in enumerate(recs[start: start + (120 if ctx.quick else 400)]):
-            rows.append({"id": f"{f.stem}-sft-{i}", "lang": lang, "messages": [
-                {"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]})
+        end = min(start + (120 if ctx.quick else 400), len(recs) - HELD_OUT)
+        for i, d in enumerate(recs[start:end] + recs[len(recs) - HELD_OUT:]):
+            rec = {"id": f"{f.stem}-sft-{i}", "lang": lang, "messages": [
+                {"role": "user", "content": d["question"]}, {"role": "assistant", "content": d["answer"]}]}
+            (rows if i < end - start else held).append(rec)
     for lang in ("zh", "en"):
         write_jl(ctx.d("sft_data") / f"sft_{lang}.jsonl", [r for r in rows if r["lang"] == lang])
-    return {"dialogues": len(rows)}
+    write_jl(ctx.d("sft_data") / "heldout_medical.jsonl", held)
+    return {"dialogues": len(rows), "held_out": len(held)}
 
 
 def s_tokenize(ctx: Ctx) -> dict:
