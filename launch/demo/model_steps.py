@@ -17,7 +17,7 @@ REAL_CPU = ["parallel.tensor=1", "parallel.pipeline=1", "parallel.distributed_op
 # steps (quick, full) and peak lr. SmolLM2-135M trains at ~100 tokens/s on 2 cores (fp32, ~0.09 TFLOP/s), so a
 # quick step is 1k tokens (~10 s). The paper's lr (8e-6 / 2e-6 / 2e-6 / 1e-7) over 18k / 7k / 2 epochs of 4M-token
 # batches moves a model far more than a few dozen 1k-token steps do at it: the demo's lr is higher.
-REAL_STEPS = {"stable": (12, 60), "boost": (6, 30), "sft": (12, 60), "dpo": (4, 20)}
+REAL_STEPS = {"stable": (10, 60), "boost": (6, 30), "sft": (12, 60), "dpo": (4, 20)}
 REAL_LR = {"stable": 5e-5, "boost": 2e-5, "sft": 5e-5, "dpo": 1e-6}
 # sft.yaml's dropout 0.1 (the paper's, for LLaMA-3-8B) wrecks a model pretrained without residual dropout: SmolLM2's
 # step-1 SFT loss is 7.12 at hidden_dropout 0.1 vs 2.39 at 0 (val loss 2.38); plain transformers with dropout 0.1
