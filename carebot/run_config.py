@@ -32,6 +32,9 @@ class ModelConfig:
     # Llama-3.1/3.2 RoPE scaling ("llama3" rope_type) as megatron-core applies it: low_freq_factor 1,
     # high_freq_factor 4, original context 8192; None: plain RoPE
     rope_scaling_factor: float | None = None
+    # core attention: auto (Transformer Engine when TE and CUDA are present, else megatron-core's local one) |
+    # sdpa (torch scaled_dot_product_attention: flash / efficient kernels, no TE; pretrain/attention.py) | local | te
+    attention_backend: str = "auto"
 
 
 @dataclass(kw_only=True)

@@ -71,10 +71,28 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, bf16: bool) -> Transfo
     )
 
 
+def attention_backend(m: ModelConfig) -> str:
+    """The core attention a run uses (see pretrain/attention.py); an impossible choice is one line."""
+    from pretrain.attention import BACKENDS
+
+    if m.attention_backend not in BACKENDS:
+        raise ConfigError(f"model.attention_backend={m.attention_backend!r}: one of {', '.join(BACKENDS)}")
+    if m.attention_backend == "te" and not use_transformer_engine():
+        raise ConfigError("model.attention_backend=te needs Transformer Engine and CUDA (pip install -e '.[gpu]'); "
+                          "sdpa is the fast path without it")
+    if m.attention_backend == "auto":
+        return "te" if use_transformer_engine() else "local"
+    return m.attention_backend
+
+
 def layer_spec(m: ModelConfig):
-    if use_transformer_engine():
+    backend = attention_backend(m)
+    if backend == "te":
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
         return get_gpt_layer_with_transformer_engine_spec()
+    if backend == "sdpa":
+        from pretrain.attention import sdpa_layer_spec
+        return sdpa_layer_spec()
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     return get_gpt_layer_local_spec(normalization="RMSNorm")
 
