@@ -43,6 +43,12 @@ class ParallelConfig:
     pipeline: int = 1
     sequence_parallel: bool = True  # used only with TP>1 on GPU
     distributed_optimizer: bool = False
+    # scale knobs, passed to megatron-core as they are (pretrain/scale.py)
+    recompute: str = "none"  # none | selective (attention core) | full (whole layers)
+    recompute_method: str = "uniform"  # full only: uniform | block
+    recompute_num_layers: int = 1  # full only: layers per recompute chunk (uniform) or recomputed layers (block)
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False  # distributed optimizer only
 
 
 @dataclass(kw_only=True)
@@ -80,6 +86,7 @@ class TrainConfig:
     tensorboard: bool = True
     exit_after_steps: int | None = None  # stop (with a checkpoint) after this many steps of this run
     epochs: float | None = None  # set: train_steps = ceil(epochs * samples per epoch / global batch) (SFT, DPO)
+    fp8: str | None = None  # hybrid | e4m3: Transformer Engine + CUDA only
     peak_tflops: float | None = None  # per device, for MFU; None: looked up from the device name
 
 

@@ -74,6 +74,18 @@ def apply() -> bool:
     # 2. hard-coded device="cuda" and .cuda()
     _MODE = _CudaToCpu()
     _MODE.__enter__()
+    # ... and the one such call that also runs in backward (activation recomputation), where the thread-local
+    # mode above is not active: the default causal mask
+    import functools
+
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils as mutils
+
+    @functools.lru_cache(maxsize=None)
+    def _causal_mask(sq: int) -> torch.Tensor:
+        return torch.triu(torch.ones(sq, sq), diagonal=1).bool()
+
+    mutils.get_default_causal_mask = fused_softmax.get_default_causal_mask = _causal_mask
     # 3. optimizer type checks
     torch.Tensor.type = _type
     _APPLIED = True

@@ -34,6 +34,7 @@ def check_model_config(m: ModelConfig, p: ParallelConfig, vocab_size: int) -> No
                           f"{m.num_query_groups}")
     if m.num_layers % p.pipeline:
         raise ConfigError(f"pipeline parallel size {p.pipeline} does not divide num_layers {m.num_layers}")
+    attention_backend(m)
     if m.vocab_size is not None and m.vocab_size != vocab_size:
         raise ConfigError(f"vocab size mismatch: model.vocab_size={m.vocab_size} but the tokenizer has "
                           f"{vocab_size} tokens; set model.vocab_size to {vocab_size} (or leave it unset)")
@@ -49,7 +50,8 @@ def use_transformer_engine() -> bool:
     return True
 
 
-def transformer_config(m: ModelConfig, p: ParallelConfig, bf16: bool) -> TransformerConfig:
+def transformer_config(m: ModelConfig, p: ParallelConfig, bf16: bool, **scale) -> TransformerConfig:
+    """megatron-core's config of the model; `scale`: the scale knobs' fields (pretrain.scale.transformer_kwargs)."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     on_gpu = torch.cuda.is_available()
     return TransformerConfig(
@@ -67,7 +69,7 @@ def transformer_config(m: ModelConfig, p: ParallelConfig, bf16: bool) -> Transfo
         use_cpu_initialization=not on_gpu, perform_initialization=True,
         masked_softmax_fusion=on_gpu, persist_layer_norm=on_gpu, gradient_accumulation_fusion=False,
         apply_rope_fusion=False, bias_dropout_fusion=on_gpu,
-        cross_entropy_loss_fusion=False,
+        cross_entropy_loss_fusion=False, **scale,
     )
 
 
@@ -97,10 +99,11 @@ def layer_spec(m: ModelConfig):
     return get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
-def build_model(m: ModelConfig, p: ParallelConfig, vocab_size: int, seq_length: int, bf16: bool = False) -> GPTModel:
+def build_model(m: ModelConfig, p: ParallelConfig, vocab_size: int, seq_length: int, bf16: bool = False,
+                **scale) -> GPTModel:
     """One pipeline stage of the LLaMA-3 model (call after megatron parallel state is initialised)."""
     check_model_config(m, p, vocab_size)
-    cfg = transformer_config(m, p, bf16)
+    cfg = transformer_config(m, p, bf16, **scale)
     model = GPTModel(
         config=cfg, transformer_layer_spec=layer_spec(m),
         vocab_size=padded_vocab_size(vocab_size, m.make_vocab_size_divisible_by, p.tensor),

@@ -17,8 +17,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
+from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -31,7 +31,8 @@ from carebot.config import dump, to_dict
 from carebot.errors import ConfigError
 from carebot.run_config import RunConfig
 from pretrain.data import check_data, collate, step_microbatches
-from pretrain.model import build_model, check_model_config, flops_per_token
+from pretrain.model import build_model, check_model_config, flops_per_token, use_transformer_engine
+from pretrain.scale import check_scale, ddp_config, describe, optimizer_config, transformer_kwargs
 from carebot.tokenizer import MegatronTokenizerAdapter, load_tokenizer
 
 
@@ -87,6 +88,7 @@ class Trainer:
         self.tokenizer = MegatronTokenizerAdapter(self.hf_tokenizer, cfg.data.tokenizer)
         self.vocab_size = self.tokenizer.vocab_size
         check_model_config(cfg.model, cfg.parallel, self.vocab_size)  # before any process group exists
+        check_scale(cfg, use_transformer_engine())
         if self.stage.name == "cpt":  # the data against this tokenizer, before any process group exists
             check_data(cfg.data.data_path, cfg.data.tokenizer, self.vocab_size)
         distributed.init(cfg.parallel, cfg.train.seed)
@@ -101,17 +103,14 @@ class Trainer:
             raise ConfigError("train.precision=bf16 needs a CUDA device (megatron-core's bf16 optimizer); on CPU use "
                               "fp32, or auto")
         self.bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
-        inner = build_model(cfg.model, cfg.parallel, self.vocab_size, cfg.data.seq_length, bf16=self.bf16)
+        inner = build_model(cfg.model, cfg.parallel, self.vocab_size, cfg.data.seq_length, bf16=self.bf16,
+                            **transformer_kwargs(cfg))
         tf = inner.config
-        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                use_distributed_optimizer=cfg.parallel.distributed_optimizer)
-        self.model = [DistributedDataParallel(config=tf, ddp_config=ddp_cfg, module=inner)]
+        self.model = [DistributedDataParallel(config=tf, ddp_config=ddp_config(cfg), module=inner)]
         o = cfg.optim
-        self.optimizer = get_megatron_optimizer(OptimizerConfig(
-            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad, bf16=self.bf16,
-            params_dtype=torch.bfloat16 if self.bf16 else torch.float32,
-            use_distributed_optimizer=cfg.parallel.distributed_optimizer), self.model)
+        self.optimizer = get_megatron_optimizer(optimizer_config(cfg, self.bf16), self.model)
+        if distributed.is_logging_rank():
+            print(f"[carebot] scale: {describe(self.model[0], self.optimizer)}", flush=True)
         n_valid = t.eval_iters * t.global_batch_size if t.eval_interval else 0
         if t.epochs:  # steps from the data: build the datasets first (they do not depend on the model)
             self.train_ds, self.valid_ds = self.stage.build_datasets(cfg, self.tokenizer, [0, n_valid])[:2]
@@ -125,6 +124,10 @@ class Trainer:
             wd_incr_steps=max(steps, 1), wd_incr_style="constant")
         tf.finalize_model_grads_func = finalize_model_grads
         tf.no_sync_func = self.model[0].no_sync
+        if cfg.parallel.overlap_grad_reduce:  # as Megatron-LM wires them
+            tf.grad_sync_func = self.model[0].start_grad_sync
+        if cfg.parallel.overlap_param_gather:
+            tf.param_sync_func = self.model[0].start_param_sync
         tf.grad_scale_func = self.optimizer.scale_loss
         self._restore()
         if not t.epochs:
