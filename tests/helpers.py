@@ -58,3 +58,11 @@ def corpus_texts(root: Path, per_file: int = 1500) -> list[str]:
         for d in read_jsonl(root / rel, per_file):
             texts.append("\n".join(str(d[k]) for k in keys if d.get(k)))
     return texts
+
+
+def tiny_cpt_overrides(prefixes: dict, tokenizer_dir: Path, global_batch: int, steps: int) -> list[str]:
+    """A short tiny_stable_cpt run on two real buckets (60% medical_en, 40% medical_zh), a loss per step."""
+    return [f"data.tokenizer={tokenizer_dir}", f"data.data_path=[0.6, {prefixes['medical_en']}, 0.4, {prefixes['medical_zh']}]",
+            "data.seq_length=64", "train.micro_batch_size=2", f"train.global_batch_size={global_batch}",
+            f"train.train_steps={steps}", "train.eval_interval=0", "train.log_interval=1", "train.tensorboard=false",
+            "checkpoint.save_interval=1000"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, metrics, run_stage
+from tests.helpers import REPO, metrics, run_stage, tiny_cpt_overrides
 
 UNIT = r"""
 import torch
@@ -64,10 +64,7 @@ def _curve(out, recipe: str, over: list[str], backend: str, nproc: int = 1) -> l
 
 @pytest.fixture(scope="module")
 def cpt(cpt_prefixes, small_tokenizer_dir) -> list[str]:
-    p = cpt_prefixes
-    return [f"data.tokenizer={small_tokenizer_dir}", f"data.data_path=[0.6, {p['medical_en']}, 0.4, {p['medical_zh']}]",
-            "data.seq_length=64", "train.micro_batch_size=2", "train.global_batch_size=4", "train.train_steps=10",
-            "train.eval_interval=0", "train.log_interval=1", "train.tensorboard=false", "checkpoint.save_interval=1000"]
+    return tiny_cpt_overrides(cpt_prefixes, small_tokenizer_dir, global_batch=4, steps=10)
 
 
 LAYOUTS = [pytest.param([], 1, id="tp1"),

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import metrics, run_stage
+from tests.helpers import metrics, run_stage, tiny_cpt_overrides
 
 
 @pytest.fixture(scope="module")
 def base(cpt_prefixes, small_tokenizer_dir) -> list[str]:
-    p = cpt_prefixes
-    return [f"data.tokenizer={small_tokenizer_dir}", f"data.data_path=[0.6, {p['medical_en']}, 0.4, {p['medical_zh']}]",
-            "data.seq_length=64", "train.micro_batch_size=2", "train.global_batch_size=8", "train.train_steps=5",
-            "train.eval_interval=0", "train.log_interval=1", "train.tensorboard=false", "checkpoint.save_interval=1000"]
+    return tiny_cpt_overrides(cpt_prefixes, small_tokenizer_dir, global_batch=8, steps=5)
 
 
 def _run(tmp_path, name, over, nproc=1) -> tuple[list[float], str]:
