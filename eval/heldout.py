@@ -36,28 +36,24 @@ def _nll_sum(model: Any, ids: list[int], mask: list[bool]) -> tuple[float, int]:
 
     if len(ids) < 2 or not any(mask[1:]):
         return 0.0, 0
-    x = torch.tensor([ids])
+    dev = next(model.parameters()).device
+    x = torch.tensor([ids], device=dev)
     with torch.inference_mode():
         logits = model(input_ids=x).logits[0, :-1].float()
     lp = torch.log_softmax(logits, dim=-1).gather(1, x[0, 1:, None])[:, 0]
-    m = torch.tensor(mask[1:])
+    m = torch.tensor(mask[1:], device=dev)
     return float(-lp[m].double().sum()), int(m.sum())
 
 
 def heldout_loss(model_dir: str, recs: list[dict[str, Any]], max_tokens: int = 1024, chat_template: str | None = None,
                  progress: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM
 
     from alignment.chat_data import render_dialogue, use_chat_template
-    from carebot.tokenizer import load_tokenizer
+    from data_tools.sft.scorer import load_scorer
 
-    p = Path(model_dir)
-    if not (p / "config.json").is_file():
-        raise InputError(f"{p}: not an HF model directory (no config.json)")
-    tok = load_tokenizer(p)
-    model = AutoModelForCausalLM.from_pretrained(str(p), local_files_only=True, dtype=torch.float32).eval()
+    sc = load_scorer(model_dir)  # fp32, local files only; not an HF model dir: one line
+    p, tok = Path(model_dir), sc.tokenizer
     dialogues = any(isinstance(r.get("messages"), list) for r in recs)
     template = use_chat_template(tok, chat_template, str(p)) if dialogues else None
     tot = {"text": [0.0, 0], "reply": [0.0, 0]}
@@ -66,17 +62,16 @@ def heldout_loss(model_dir: str, recs: list[dict[str, Any]], max_tokens: int = 1
         msgs = r.get("messages") if isinstance(r.get("messages"), list) else None
         text = "\n".join(str(m.get("content", "")).strip() for m in msgs) if msgs else r["text"]
         ids = tok(text)["input_ids"][:max_tokens]
-        item = {"id": r.get("id"), "text_nll": None, "reply_nll": None}
-        s, n = _nll_sum(model, ids, [True] * len(ids))
-        tot["text"][0] += s
-        tot["text"][1] += n
-        item["text_nll"] = s / n if n else None
+        parts = {"text": (ids, [True] * len(ids))}
         if msgs:
             rids, rmask = render_dialogue(tok, msgs)
-            s, n = _nll_sum(model, rids[:max_tokens], rmask[:max_tokens])
-            tot["reply"][0] += s
-            tot["reply"][1] += n
-            item["reply_nll"] = s / n if n else None
+            parts["reply"] = (rids[:max_tokens], rmask[:max_tokens])
+        item = {"id": r.get("id"), "text_nll": None, "reply_nll": None}
+        for k, (seq, mask) in parts.items():
+            s, n = _nll_sum(sc.model, seq, mask)
+            tot[k][0] += s
+            tot[k][1] += n
+            item[f"{k}_nll"] = s / n if n else None
         items.append(item)
     out: dict[str, Any] = {"model": str(p), "records": len(recs), "max_tokens": max_tokens, "chat_template": template}
     for k, (s, n) in tot.items():

@@ -84,10 +84,9 @@ def optimizer_config(cfg: RunConfig, bf16: bool):
 def describe(ddp_model, optimizer) -> str:
     """The knobs as megatron-core holds them in the built model, DDP wrapper and optimizer (read back, not echoed)."""
     tf, dc = ddp_model.config, ddp_model.ddp_config
-    oc = getattr(optimizer, "config", None) or next(iter(getattr(optimizer, "chained_optimizers", [])), None)
-    oc = getattr(oc, "config", oc)
+    oc = optimizer.config  # a ChainedOptimizer holds its members' (identical) config too
     parts = [f"recompute_granularity={tf.recompute_granularity}", f"recompute_method={tf.recompute_method}",
              f"recompute_num_layers={tf.recompute_num_layers}", f"overlap_grad_reduce={dc.overlap_grad_reduce}",
              f"overlap_param_gather={dc.overlap_param_gather}", f"distributed_optimizer={dc.use_distributed_optimizer}",
-             f"optimizer.overlap_param_gather={getattr(oc, 'overlap_param_gather', None)}", f"fp8={tf.fp8}"]
+             f"optimizer.overlap_param_gather={oc.overlap_param_gather}", f"fp8={tf.fp8}"]
     return " ".join(parts)
