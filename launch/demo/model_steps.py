@@ -12,7 +12,7 @@ from launch.demo.context import Ctx, carebot, jl, tokenizer_dir, write_jl
 from launch.pipeline import PIPELINE, STAGES, checkpoint_dir, plan
 
 # --base-model: the paper recipe's layout and batch cut to one CPU process; nothing about the model itself
-REAL_CPU = ["parallel.tensor=1", "parallel.pipeline=1", "parallel.distributed_optimizer=false",
+REAL_CPU = ["parallel.tensor=1", "parallel.pipeline=1", "parallel.distributed_optimizer=false", "parallel.recompute=none",
             "data.seq_length=256", "train.micro_batch_size=2", "train.global_batch_size=4"]
 # steps (quick, full) and peak lr. SmolLM2-135M trains at ~100 tokens/s on 2 cores (fp32, ~0.09 TFLOP/s), so a
 # quick step is 1k tokens (~10 s). The paper's lr (8e-6 / 2e-6 / 2e-6 / 1e-7) over 18k / 7k / 2 epochs of 4M-token

@@ -57,8 +57,10 @@ def test_sdpa_matches_local_attention_outputs_and_grads():
 
 
 def _curve(out, recipe: str, over: list[str], backend: str, nproc: int = 1) -> list[float]:
-    run_stage("pretrain.train" if recipe.endswith("cpt.yaml") else "alignment.sft", recipe, out / backend,
-              over + [f"model.attention_backend={backend}"], nproc=nproc)
+    p = run_stage("pretrain.train" if recipe.endswith("cpt.yaml") else "alignment.sft", recipe, out / backend,
+                  over + [f"model.attention_backend={backend}"], nproc=nproc)
+    core = {"local": "DotProductAttention", "sdpa": "SDPAttention"}[backend]
+    assert f"core_attention={core} " in p.stdout, p.stdout[-2000:]  # read back from the built model
     return [r["loss"] for r in metrics(out / backend)]
 
 

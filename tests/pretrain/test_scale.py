@@ -21,6 +21,7 @@ def _run(tmp_path, name, over, nproc=1) -> tuple[list[float], str]:
 def test_recompute_reaches_megatron_and_is_exact(tmp_path, base):
     ref, line = _run(tmp_path, "none", base)
     assert "recompute_granularity=None" in line
+    assert "core_attention=SDPAttention " in line, line  # attention_backend=auto without TE: the SDPA spec
     for name, over, want in (
             ("selective", ["parallel.recompute=selective"], "recompute_granularity=selective recompute_method=None"),
             ("full", ["parallel.recompute=full", "parallel.recompute_method=block", "parallel.recompute_num_layers=1"],
@@ -44,7 +45,9 @@ def test_overlapped_grad_reduce_matches_plain_dp2(tmp_path, base):
     (["parallel.recompute=layers"], "parallel.recompute='layers': one of none, selective, full"),
     (["parallel.recompute=full", "parallel.recompute_num_layers=9"], "between 1 and the 2 layers"),
     (["train.fp8=hybrid"], "needs Transformer Engine and CUDA"),
-], ids=["param-gather-without-dist-opt", "overlap-with-dist-opt", "recompute-name", "recompute-layers", "fp8-without-te"])
+    (["parallel.context=2"], "context parallelism runs only inside Transformer Engine's attention"),
+], ids=["param-gather-without-dist-opt", "overlap-with-dist-opt", "recompute-name", "recompute-layers", "fp8-without-te",
+         "context-parallel"])
 def test_impossible_combination_is_one_line(tmp_path, base, override, needle, capsys):
     from pretrain.train import main
 
