@@ -1,4 +1,4 @@
-.PHONY: install test test-slow demo device-check-cpu device-wheels
+.PHONY: install test test-slow demo device-check-cpu device-wheels device-smollm2-split
 install:
 	pip install -e .
 test:
@@ -16,3 +16,7 @@ DEVICE_WHEELS = megatron-core==0.16.1 quicktok-v1==0.4.0 gguf==0.19.0
 device-wheels:
 	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(DEVICE_WHEELS)
+device-smollm2-split:  # SmolLM2's 94 MB GGUF in two pieces under the 64 MiB a device call carries (docs/gpu.md)
+	mkdir -p .carry/a .carry/b
+	split -b 47M "$$(python -c 'from carebot.assets import smollm2_package_dir as d; print(d() / "SmolLM2-135M-Instruct.Q4_1.gguf")')" .carry/a/smollm2.gguf.
+	mv .carry/a/smollm2.gguf.ab .carry/b/

@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from data_tools.curate import encoder as E
 from carebot.text import doc_text
@@ -43,6 +44,7 @@ def test_domain_classifier_heldout_accuracy(tmp_path, data_root):
     assert [o["domain"] for o in out] == ["medical", "general"] and all(0.5 <= o["domain_prob"] <= 1 for o in out)
 
 
+@pytest.mark.slow  # ~70 s: end-to-end encoder training (the head-only path runs in the default tests)
 def test_full_finetuning_saves_reloads_and_retrains(tmp_path, data_root):
     """The paper's recipe (encoder + head trained end to end) on the offline e5-small: the saved encoder is the
     trained one, `apply` reproduces the in-process held-out predictions, and a model re-trained into the same
