@@ -28,6 +28,8 @@ setup(
         "gigatoken==0.10.0",
         "pyarrow==26.0.1",  # streaming parquet + JSONL blocks for data_tools.tokens.tokenize
         "datasketch==2.0.0",
+        "datatrove==0.10.1",  # curation at corpus scale: pipeline steps, Local / Slurm / Ray executors, MinHash stages
+        "orjson>=3.9",  # datatrove's JSONL writer
         "openai>=2.0",
         "matplotlib>=3.8",
         "scipy>=1.11",

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data decontam": ("data_tools.curate.decontam:main", "n-gram decontamination against every eval set"),
     "data dedup": ("data_tools.curate.dedup:main", "MinHash near-duplicate removal"),
     "data bucket": ("data_tools.curate.bucket:main", "split curated docs into {medical,general,medical_hq} x {zh,en}"),
+    "data curate": ("data_tools.curate.curate:main", "the whole curation as one datatrove pipeline (local / SLURM / Ray)"),
     "data tokenize": ("data_tools.tokens.tokenize:main", "jsonl/parquet -> Megatron .bin/.idx (+ manifest)"),
     "data blend": ("data_tools.tokens.blend:main", "solve Stable / Boost blend weights from token manifests"),
     "data sft-build": ("data_tools.sft.sft_build:main", "merge, clean and decontaminate SFT dialogues"),

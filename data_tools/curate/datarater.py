@@ -40,10 +40,14 @@ def train(texts: list[str], scores: list[float], out: Path, enc: E.EncoderConfig
     return rep
 
 
+def scores(head, X) -> list[dict]:
+    """`quality` (0-5, 3 decimals) of each embedding row."""
+    return [{"quality": round(float(s), 3)} for s in np.clip(E.predict(head, X)[:, 0], 0, 5)]
+
+
 def apply(model_dir: Path, recs: list[dict], batch_size: int = 64, progress: bool = True) -> list[dict]:
     head, X, _ = E.embed_for(model_dir, recs, batch_size, progress)
-    q = np.clip(E.predict(head, X)[:, 0], 0, 5)
-    return [{**r, "quality": round(float(s), 3)} for r, s in zip(recs, q)]
+    return [{**r, **sc} for r, sc in zip(recs, scores(head, X))]
 
 
 def main(argv: list[str] | None = None) -> int:

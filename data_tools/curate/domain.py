@@ -38,10 +38,15 @@ def train(texts: list[str], labels: list[str], out: Path, enc: E.EncoderConfig, 
     return report
 
 
+def labels(head, X, meta: dict) -> list[dict]:
+    """`domain` and `domain_prob` (4 decimals) of each embedding row."""
+    prob = torch.softmax(torch.from_numpy(E.predict(head, X)), -1).numpy()
+    return [{"domain": meta["classes"][int(p.argmax())], "domain_prob": round(float(p.max()), 4)} for p in prob]
+
+
 def apply(model_dir: Path, recs: list[dict], batch_size: int = 64, progress: bool = True) -> list[dict]:
     head, X, meta = E.embed_for(model_dir, recs, batch_size, progress)
-    prob = torch.softmax(torch.from_numpy(E.predict(head, X)), -1).numpy()
-    return [{**r, "domain": meta["classes"][int(p.argmax())], "domain_prob": round(float(p.max()), 4)} for r, p in zip(recs, prob)]
+    return [{**r, **lab} for r, lab in zip(recs, labels(head, X, meta))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,236 @@
+"""`carebot data curate`: the whole curation as ONE datatrove pipeline, run by datatrove's executors (local
+tasks x workers, SLURM, Ray), resumable through their per-task completion markers only.
+
+  carebot data curate --input corpus/ --out runs/curated --domain-model M1 --datarater-model M2 --tasks 8 --workers 2
+  carebot data curate --config curate.yaml executor=slurm partition=cpu
+
+Four datatrove stages (each task reads the same shard in every stage, so the MinHash indices line up):
+  1. score   (tasks):  read -> rules + PII -> domain + DataRater -> decontam -> work/scored + near-dup signatures
+  2. buckets (16):     near-dup candidate pairs per signature band (datatrove's MinhashDedupBuckets)
+  3. cluster (1):      verified pairs -> clusters; each keeps its first document in corpus order (dedup.Cluster)
+  4. write   (tasks):  work/scored -> drop the near-dups -> bucket -> buckets/{medical,general,medical_hq}_{zh,en}/
+Drops land in excluded/<step>/ with their reason; every step's counters in report.json / report.md / funnel.png.
+A shard is one input file (datatrove's unit of work): split a big corpus into files to use many tasks.
+
+Resume: rerun the same command. A stage's finished tasks are skipped (datatrove's `completions/`), an
+unfinished one is redone from scratch and overwrites what it left. A changed input or option discards the whole
+output dir's work (`curate.stamp.json`) and starts again, so nothing made from other inputs is reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+from carebot.commit import fingerprint
+from carebot.config import parse_command
+from carebot.errors import InputError
+from carebot.io import iter_jsonl, write_json
+from carebot.text import doc_text
+
+from data_tools.curate.curate_report import STAGES, write_report
+
+
+def flat(self, doc: Document) -> dict:
+    """Output records as the single-process tools write them: id, text, then the annotations at top level."""
+    return {"id": doc.id, "text": doc.text,
+            **{k: v for k, v in doc.metadata.items() if not k.startswith("_") and k != "file_path"}}
+
+
+class CorpusReader(PipelineStep):
+    """The input shards through the one JSONL reader (carebot.io): task `rank` reads files[rank::world_size]
+    (sorted), each record's text by doc_text, its other fields as metadata, and its corpus-order key `_order`
+    (file index, line), which decides the kept document of a near-duplicate cluster."""
+
+    name = "read"
+    type = "reader"
+
+    def __init__(self, files: list[str]):
+        super().__init__()
+        self.files = files
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        for fi in range(rank, len(self.files), world_size):
+            path = self.files[fi]
+            for line, rec in iter_jsonl(path):
+                text = doc_text(rec)
+                self.stat_update("docs")
+                if not text.strip():
+                    self.stat_update("empty_text")
+                    continue
+                meta = {k: v for k, v in rec.items() if k not in ("id", "text")}
+                meta["_order"] = [fi, line]
+                yield Document(text=text, id=str(rec.get("id", f"{Path(path).name}:{line}")), metadata=meta)
+
+
+class TaskFileReader(PipelineStep):
+    """Stage 4 reads back exactly what stage 1's task `rank` wrote, in the same order."""
+
+    name = "read scored"
+    type = "reader"
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        path = Path(self.folder) / f"{rank:05d}.jsonl"
+        if path.exists():
+            for _, rec in iter_jsonl(path):
+                yield Document(text=rec["text"], id=rec["id"], metadata=rec.get("metadata", {}))
+
+
+def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, list]:
+    from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupFilter
+
+    from data_tools.curate.dedup import Cluster, Signature, minhash_config
+    from data_tools.curate.rules import RulesConfig
+    from data_tools.curate.steps import Bucketer, DecontamFilter, EncoderHeads, RulesFilter
+
+    w = out / "work"
+    cfg = minhash_config()
+
+    def excluded(step: str) -> JsonlWriter:
+        return JsonlWriter(str(out / "excluded" / step), compression=None, adapter=flat)
+
+    score = [CorpusReader(files)]
+    if a.rules:
+        score.append(RulesFilter(RulesConfig(min_units=a.min_units, pii=a.pii), exclusion_writer=excluded("rules")))
+    score.append(EncoderHeads(a.domain_model, a.datarater_model, batch_size=a.batch_size))
+    if a.decontam:
+        score.append(DecontamFilter(exclusion_writer=excluded("decontam")))
+    score += [JsonlWriter(str(w / "scored"), output_filename="${rank}.jsonl", compression=None),
+              Signature(str(w / "sigs"), config=cfg)]
+    return {
+        "1_score": score,
+        "2_buckets": [MinhashDedupBuckets(str(w / "sigs"), str(w / "pairs"), config=cfg)],
+        "3_cluster": [Cluster(str(w / "pairs"), str(w / "sigs"), str(w / "remove"), config=cfg, threshold=a.threshold)],
+        "4_write": [TaskFileReader(str(w / "scored")),
+                    MinhashDedupFilter(str(w / "remove"), exclusion_writer=excluded("near_dup")),
+                    Bucketer(hq_threshold=a.hq_threshold),
+                    JsonlWriter(str(out / "buckets"), output_filename="${bucket}/${rank}.jsonl", compression=None,
+                                adapter=flat)],
+    }
+
+
+def stage_tasks(a: argparse.Namespace) -> dict[str, int]:
+    from data_tools.curate.dedup import BANDS
+
+    return {"1_score": a.tasks, "2_buckets": BANDS, "3_cluster": 1, "4_write": a.tasks}
+
+
+def finished(a: argparse.Namespace, out: Path) -> bool:
+    """Every task of every stage has its datatrove completion marker."""
+    return all(len(list((out / "logs" / s / "completions").glob("*"))) >= n for s, n in stage_tasks(a).items())
+
+
+def executors(a: argparse.Namespace, steps: dict[str, list], out: Path):
+    """One datatrove executor per stage, each depending on the one before; returns the last."""
+    tasks = stage_tasks(a)
+    prev = None
+    for name in STAGES:
+        kw = dict(pipeline=steps[name], tasks=tasks[name], logging_dir=str(out / "logs" / name), depends=prev)
+        if a.executor == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            # K workers share the machine's cores: torch in each (the encoder) takes its share, not all of them
+            os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.workers)))
+            # fork, not datatrove's default forkserver: forked workers inherit carebot.procs' die-with-parent hook,
+            # so a kill -9 of this command takes them with it instead of leaving them writing outputs
+            prev = LocalPipelineExecutor(**kw, workers=min(a.workers, tasks[name]), start_method="fork")
+        elif a.executor == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            prev = SlurmPipelineExecutor(**kw, workers=a.workers, time=a.time, partition=a.partition,
+                                         job_name=f"curate-{name}", cpus_per_task=a.cpus_per_task,
+                                         mem_per_cpu_gb=a.mem_per_cpu_gb, env_command=a.env_command,
+                                         slurm_logs_folder=str(out / "logs" / name / "slurm"))
+        else:
+            from datatrove.executor import RayPipelineExecutor
+
+            prev = RayPipelineExecutor(**kw, workers=a.workers)
+    return prev
+
+
+def stamp(a: argparse.Namespace, files: list[str]) -> dict:
+    opts = {k: v for k, v in vars(a).items() if k not in ("out", "executor", "workers", "partition", "time",
+                                                          "env_command", "config", "progress")}
+    models = {k: [fingerprint(p) for p in sorted(Path(v).iterdir()) if p.is_file()] for k, v in
+              (("domain", a.domain_model), ("datarater", a.datarater_model)) if v}
+    return {"inputs": [fingerprint(f) for f in files], "options": opts, "models": models}
+
+
+def input_files(paths: list[str]) -> list[str]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(x for x in p.rglob("*.jsonl") if x.is_file())
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or directory")
+    if not files:
+        raise InputError(f"no .jsonl files in {', '.join(paths)}")
+    return [str(f.resolve()) for f in sorted(set(files))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="carebot data curate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", nargs="+", required=True, help="JSONL shards or folders of them")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--executor", choices=["local", "slurm", "ray"], default="local")
+    ap.add_argument("--tasks", type=int, default=1, help="tasks of stages 1 and 4 (one shard file each at most)")
+    ap.add_argument("--workers", type=int, default=1, help="tasks run at once (local), array limit (slurm)")
+    ap.add_argument("--rules", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--min-units", type=int, default=50, help="rules: fewest zh chars + en words")
+    ap.add_argument("--pii", choices=["redact", "drop", "keep"], default="redact")
+    ap.add_argument("--domain-model", help="`carebot data domain train` output (none: every doc is general)")
+    ap.add_argument("--datarater-model", help="`carebot data datarater train` output")
+    ap.add_argument("--batch-size", type=int, default=64, help="encoder batch")
+    ap.add_argument("--decontam", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--threshold", type=float, default=0.8, help="near-dup Jaccard (as `carebot data dedup`)")
+    ap.add_argument("--hq-threshold", type=float, default=4.0, help="DataRater score of medical_hq")
+    ap.add_argument("--partition", default="cpu")
+    ap.add_argument("--time", default="04:00:00")
+    ap.add_argument("--cpus-per-task", type=int, default=1)
+    ap.add_argument("--mem-per-cpu-gb", type=int, default=2, help="slurm: memory per CPU (whole GB)")
+    ap.add_argument("--env-command", default=None, help="slurm: run before each task (e.g. `source venv/bin/activate`)")
+    a = parse_command(ap, argv)
+    if a.tasks < 1 or a.workers < 1:
+        raise InputError("--tasks and --workers must be >= 1")
+    files = input_files(a.input)
+    out = Path(a.out)
+    st = stamp(a, files)
+    sp = out / "curate.stamp.json"
+    if sp.exists() and json.loads(sp.read_text()) != st:
+        print(f"[curate] {out}: made from other inputs or options; discarding its work and starting again", file=sys.stderr)
+        for d in ("work", "logs", "buckets", "excluded"):
+            shutil.rmtree(out / d, ignore_errors=True)
+        for f in ("report.json", "report.md", "funnel.png"):
+            (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(sp, st)
+    if not finished(a, out):
+        executors(a, pipelines(a, files, out), out).run()
+    if not finished(a, out):
+        where = "submitted" if a.executor == "slurm" else "not finished (see logs/*/logs)"
+        print(f"[curate] {where}: rerun the same command to resume it, or to write the report once it is done",
+              file=sys.stderr)
+        return 0 if a.executor == "slurm" else 1
+    rep = write_report(out)
+    print(json.dumps(rep["funnel"]))
+    return 0
+
+
+if __name__ == "__main__":
+    from carebot.cli import script
+
+    script(main, "carebot data curate")
