@@ -15,6 +15,17 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from carebot.text import lang_of
 
 
+# What a task loads (encoders and heads, the decontamination index), kept per process: datatrove gives each task a
+# fresh copy of its steps, and a worker that runs task after task should not load them again for each.
+_PROCESS_CACHE: dict[tuple, Any] = {}
+
+
+def loaded(key: tuple, make):
+    if key not in _PROCESS_CACHE:
+        _PROCESS_CACHE[key] = make()
+    return _PROCESS_CACHE[key]
+
+
 def note_peak_rss(step: PipelineStep) -> None:
     """The task process's peak RSS so far, as a stat (`peak_rss_mb`; the report keeps its max over tasks)."""
     import resource
@@ -104,7 +115,7 @@ class EncoderHeads(PipelineStep):
             yield from data
             return
         if self._loaded is None:
-            self._loaded = self._load()
+            self._loaded = loaded(("encoder heads", self.models["domain"], self.models["quality"], self.batch_size), self._load)
         buf: list[Document] = []
         for doc in data:
             buf.append(doc)
@@ -135,7 +146,8 @@ class DecontamFilter(BaseFilter):
         from data_tools.curate.decontam import DecontamConfig, Index
 
         if self._index is None:
-            self._index = Index(self.cfg or DecontamConfig())
+            cfg = self.cfg or DecontamConfig()
+            self._index = loaded(("decontam", repr(cfg)), lambda: Index(cfg))
         hit = self._index.match(doc.text)
         if not hit:
             return True
