@@ -138,13 +138,15 @@ def test_near_duplicates_across_shards_lose_exactly_one_member(tmp_path, data_ro
 def test_kill_9_anywhere_then_rerun_gives_the_same_bytes(tmp_path, data_root):
     inp = write_shards(corpus(data_root, 100), tmp_path / "in")
     args = ["--tasks", "4", "--workers", "2"]
+    t0 = time.monotonic()
     curate(inp, tmp_path / "clean", *args)
+    clean_s = time.monotonic() - t0
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "carebot.cli", "data", "curate", "--input", str(inp), "--out", str(out), *args]
     rng, kills = random.Random(0), 0
     for _ in range(5):  # each run picks up where the killed one left off
         p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(rng.uniform(2, 12))
+        time.sleep(rng.uniform(1.0, max(1.5, 0.5 * clean_s)))  # within the first half of a whole run
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)  # the command only: its worker processes must die with it
             kills += 1
