@@ -37,8 +37,8 @@ def test_label_1000_with_faults_then_kill9_resume(tmp_path, data_root):
         env = {**os.environ, "PYTHONPATH": os.getcwd()}
         code = f"import sys; from data_tools.curate.label import main; sys.exit(main({_args(srv, inputs, out)!r}))"
         p = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = time.time()
-        while srv.hits < 700 and p.poll() is None and time.time() - t0 < 120:
+        t0 = time.monotonic()
+        while srv.hits < 700 and p.poll() is None and time.monotonic() - t0 < 120:
             time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.wait()
