@@ -39,9 +39,10 @@ from data_tools.curate.curate_report import STAGES, write_report
 
 
 def flat(self, doc: Document) -> dict:
-    """Output records as the single-process tools write them: id, text, then the annotations at top level."""
-    return {"id": doc.id, "text": doc.text,
-            **{k: v for k, v in doc.metadata.items() if not k.startswith("_") and k != "file_path"}}
+    """JsonlWriter adapter: output records as the single-process tools write them (steps.record)."""
+    from data_tools.curate.steps import record
+
+    return record(doc)
 
 
 class CorpusReader(PipelineStep):

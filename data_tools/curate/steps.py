@@ -34,9 +34,10 @@ def note_peak_rss(step: PipelineStep) -> None:
 
 
 def record(doc: Document) -> dict[str, Any]:
-    """A document as the single-process tools see it: its metadata, then id and text."""
-    return {**{k: v for k, v in doc.metadata.items() if not k.startswith("_") and k != "file_path"},
-            "id": doc.id, "text": doc.text}
+    """A document as the single-process tools read and write it: id, text, then its annotations at top level
+    (datatrove's `file_path` and our private `_` keys left out)."""
+    return {"id": doc.id, "text": doc.text,
+            **{k: v for k, v in doc.metadata.items() if not k.startswith("_") and k != "file_path"}}
 
 
 class RulesFilter(BaseFilter):
