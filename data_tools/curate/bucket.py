@@ -35,7 +35,13 @@ def hq_cuts(recs: list[dict[str, Any]], top_frac: float) -> dict[str, float]:
     for r in recs:
         if bucket_of(r, float("inf")) != "general":
             by_lang[r["_lang"]].append(float(r.get("quality", 0.0)))
-    return {lg: sorted(q)[min(len(q) - 1, int((1 - top_frac) * len(q)))] for lg, q in by_lang.items()}
+    return {lg: top_cut(q, top_frac) for lg, q in by_lang.items()}
+
+
+def top_cut(scores, top_frac: float) -> float:
+    """The score at or above which the top `top_frac` of `scores` lie."""
+    q = sorted(scores)
+    return q[min(len(q) - 1, int((1 - top_frac) * len(q)))]
 
 
 def bucketize(recs: Iterable[dict[str, Any]], out: Path, hq_threshold: float = 4.0, shard_docs: int = 100_000,

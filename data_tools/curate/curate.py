@@ -4,11 +4,12 @@ tasks x workers, SLURM, Ray), resumable through their per-task completion marker
   carebot data curate --input corpus/ --out runs/curated --domain-model M1 --datarater-model M2 --tasks 8 --workers 2
   carebot data curate --config curate.yaml executor=slurm partition=cpu
 
-Four datatrove stages (each task reads the same shard in every stage, so the MinHash indices line up):
+Five datatrove stages (each task reads the same shard in every stage, so the MinHash indices line up):
   1. score   (tasks):  read -> rules + PII -> domain + DataRater -> decontam -> work/scored + near-dup signatures
   2. buckets (16):     near-dup candidate pairs per signature band (datatrove's MinhashDedupBuckets)
   3. cluster (1):      verified pairs -> clusters; each keeps its first document in corpus order (dedup.Cluster)
-  4. write   (tasks):  work/scored -> drop the near-dups -> bucket -> buckets/{medical,general,medical_hq}_{zh,en}/
+  4. hq cut  (1):      the medical_hq DataRater score per language (fixed, or the top fraction that survived)
+  5. write   (tasks):  work/scored -> drop the near-dups -> bucket -> buckets/{medical,general,medical_hq}_{zh,en}/
 Drops land in excluded/<step>/ with their reason; every step's counters in report.json / report.md / funnel.png.
 A shard is one input file (datatrove's unit of work): split a big corpus into files to use many tasks.
 
@@ -35,7 +36,7 @@ from carebot.errors import InputError
 from carebot.io import iter_jsonl, write_json
 from carebot.text import doc_text
 
-from data_tools.curate.curate_report import STAGES, write_report
+from data_tools.curate.curate_report import STAGES, write_decontam_manifest, write_report
 
 
 def flat(self, doc: Document) -> dict:
@@ -72,7 +73,7 @@ class CorpusReader(PipelineStep):
 
 
 class TaskFileReader(PipelineStep):
-    """Stage 4 reads back exactly what stage 1's task `rank` wrote, in the same order."""
+    """Stage 5 reads back exactly what stage 1's task `rank` wrote, in the same order."""
 
     name = "read scored"
     type = "reader"
@@ -82,10 +83,9 @@ class TaskFileReader(PipelineStep):
         self.folder = folder
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        path = Path(self.folder) / f"{rank:05d}.jsonl"
-        if path.exists():
-            for _, rec in iter_jsonl(path):
-                yield Document(text=rec["text"], id=rec["id"], metadata=rec.get("metadata", {}))
+        from data_tools.curate.steps import scored_docs
+
+        yield from scored_docs(self.folder, rank)
 
 
 def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, list]:
@@ -93,7 +93,7 @@ def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, l
 
     from data_tools.curate.dedup import Cluster, Signature, minhash_config
     from data_tools.curate.rules import RulesConfig
-    from data_tools.curate.steps import Bucketer, DecontamFilter, EncoderHeads, RulesFilter
+    from data_tools.curate.steps import Bucketer, DecontamFilter, EncoderHeads, HqCut, RulesFilter
 
     w = out / "work"
     cfg = minhash_config()
@@ -113,9 +113,11 @@ def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, l
         "1_score": score,
         "2_buckets": [MinhashDedupBuckets(str(w / "sigs"), str(w / "pairs"), config=cfg)],
         "3_cluster": [Cluster(str(w / "pairs"), str(w / "sigs"), str(w / "remove"), config=cfg, threshold=a.threshold)],
-        "4_write": [TaskFileReader(str(w / "scored")),
+        "4_hq_cut": [HqCut(str(w / "scored"), str(w / "remove"), str(w / "hq_cut.json"), a.tasks, a.hq_threshold,
+                           a.hq_top_frac)],
+        "5_write": [TaskFileReader(str(w / "scored")),
                     MinhashDedupFilter(str(w / "remove"), exclusion_writer=excluded("near_dup")),
-                    Bucketer(hq_threshold=a.hq_threshold),
+                    Bucketer(str(w / "hq_cut.json")),
                     JsonlWriter(str(out / "buckets"), output_filename="${bucket}/${rank}.jsonl", compression=None,
                                 adapter=flat)],
     }
@@ -124,7 +126,7 @@ def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, l
 def stage_tasks(a: argparse.Namespace) -> dict[str, int]:
     from data_tools.curate.dedup import BANDS
 
-    return {"1_score": a.tasks, "2_buckets": BANDS, "3_cluster": 1, "4_write": a.tasks}
+    return {"1_score": a.tasks, "2_buckets": BANDS, "3_cluster": 1, "4_hq_cut": 1, "5_write": a.tasks}
 
 
 def finished(a: argparse.Namespace, out: Path) -> bool:
@@ -150,7 +152,7 @@ def executors(a: argparse.Namespace, steps: dict[str, list], out: Path):
             from datatrove.executor import SlurmPipelineExecutor
 
             prev = SlurmPipelineExecutor(**kw, workers=a.workers, time=a.time, partition=a.partition,
-                                         job_name=f"curate-{name}", cpus_per_task=a.cpus_per_task,
+                                         job_name=job_name(out, name), cpus_per_task=a.cpus_per_task,
                                          mem_per_cpu_gb=a.mem_per_cpu_gb, env_command=a.env_command,
                                          slurm_logs_folder=str(out / "logs" / name / "slurm"))
         else:
@@ -158,6 +160,37 @@ def executors(a: argparse.Namespace, steps: dict[str, list], out: Path):
 
             prev = RayPipelineExecutor(**kw, workers=a.workers)
     return prev
+
+
+def job_name(out: Path, stage: str) -> str:
+    """A stage's SLURM job name, unique to its output dir: a rerun finds the jobs an earlier run submitted."""
+    import hashlib
+
+    return f"curate-{stage}-{hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]}"
+
+
+def slurm_jobs_clear(out: Path) -> bool:
+    """Before submitting: False while jobs an earlier run submitted for `out` are running or can still run (a
+    second submission would run the same tasks twice, and rewrite the rank lists those jobs read). Jobs that can
+    never run (a task they wait on with afterok failed, e.g. killed) are cancelled, so resubmitting replaces them."""
+    import subprocess
+
+    names = ",".join(job_name(out, s) for s in STAGES)
+    q = subprocess.run(["squeue", "-h", "-n", names, "-o", "%i|%T|%r"], capture_output=True, text=True)
+    if q.returncode:
+        raise InputError(f"squeue failed: {(q.stderr or q.stdout).strip()}")
+    jobs = [line.split("|") for line in q.stdout.split()]
+    stale = [j[0] for j in jobs if j[1] == "PENDING" and j[2] == "DependencyNeverSatisfied"]
+    live = [j[0] for j in jobs if j[0] not in stale]
+    if live:
+        print(f"[curate] jobs {' '.join(live)} of {out} are still queued or running: rerun once they end",
+              file=sys.stderr)
+        return False
+    if stale:
+        print(f"[curate] cancelling jobs {' '.join(stale)}: they wait on a task that failed; resubmitting",
+              file=sys.stderr)
+        subprocess.run(["scancel", *stale], check=True)
+    return True
 
 
 def stamp(a: argparse.Namespace, files: list[str]) -> dict:
@@ -199,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decontam", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--threshold", type=float, default=0.8, help="near-dup Jaccard (as `carebot data dedup`)")
     ap.add_argument("--hq-threshold", type=float, default=4.0, help="DataRater score of medical_hq")
+    ap.add_argument("--hq-top-frac", type=float, default=None,
+                    help="instead: the top fraction of surviving medical docs per language is medical_hq")
     ap.add_argument("--partition", default="cpu")
     ap.add_argument("--time", default="04:00:00")
     ap.add_argument("--cpus-per-task", type=int, default=1)
@@ -211,11 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     st = stamp(a, files)
     sp = out / "curate.stamp.json"
-    if sp.exists() and json.loads(sp.read_text()) != st:
+    same = sp.exists() and json.loads(sp.read_text()) == st
+    if a.executor == "slurm" and not (same and finished(a, out)) and not slurm_jobs_clear(out):
+        return 0
+    if sp.exists() and not same:
         print(f"[curate] {out}: made from other inputs or options; discarding its work and starting again", file=sys.stderr)
         for d in ("work", "logs", "buckets", "excluded"):
             shutil.rmtree(out / d, ignore_errors=True)
-        for f in ("report.json", "report.md", "funnel.png"):
+        for f in ("report.json", "report.md", "funnel.png", "decontam_manifest.json"):
             (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(sp, st)
@@ -227,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 0 if a.executor == "slurm" else 1
     rep = write_report(out)
+    if a.decontam:
+        write_decontam_manifest(out)
     print(json.dumps(rep["funnel"]))
     return 0
 

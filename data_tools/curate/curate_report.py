@@ -14,7 +14,7 @@ def _value(v) -> float:
     return v["total"] if isinstance(v, dict) else v
 
 
-STAGES = ("1_score", "2_buckets", "3_cluster", "4_write")  # the pipeline's datatrove stages (curate.py)
+STAGES = ("1_score", "2_buckets", "3_cluster", "4_hq_cut", "5_write")  # the pipeline's datatrove stages (curate.py)
 
 
 def merged_stats(out: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -37,7 +37,7 @@ def merged_stats(out: Path) -> dict[str, dict[str, dict[str, float]]]:
 
 def write_report(out: Path) -> dict:
     st = merged_stats(out)
-    s1, s3, s4 = st["1_score"], st["3_cluster"], st["4_write"]
+    s1, s3, s4 = st["1_score"], st["3_cluster"], st["5_write"]
     docs_in = s1.get("read", {}).get("docs", 0)
     funnel = [("input", docs_in)]
     drops: dict[str, float] = {"empty_text": s1.get("read", {}).get("empty_text", 0)}
@@ -49,7 +49,9 @@ def write_report(out: Path) -> dict:
     funnel.append(("after near-dup", nd.get("forwarded", 0)))
     drops["near_dup"] = nd.get("dropped", 0)
     buckets = {k: v for k, v in s4.get("bucket", {}).items() if k not in ("seconds", "peak_rss_mb")}
-    rep = {"funnel": dict(funnel), "drops": {k: int(v) for k, v in drops.items() if v}, "buckets": {k: int(v) for k, v in sorted(buckets.items())},
+    cut = out / "work" / "hq_cut.json"
+    rep = {"funnel": dict(funnel),
+           "medical_hq_cut": json.loads(cut.read_text()) if cut.exists() else None, "drops": {k: int(v) for k, v in drops.items() if v}, "buckets": {k: int(v) for k, v in sorted(buckets.items())},
            "near_dup_clusters": int(s3.get("near-dup clusters", {}).get("clusters", 0)),
            "near_dup_candidate_pairs": int(s3.get("near-dup clusters", {}).get("candidate_pairs", 0)),
            "pii_redacted": {k[4:]: int(v) for k, v in s1.get("rules + PII", {}).items() if k.startswith("pii_")},
@@ -65,6 +67,26 @@ def write_report(out: Path) -> dict:
     write_text(out / "report.md", "\n".join(lines) + "\n")
     _plot(out / "funnel.png", funnel, rep["buckets"])
     return rep
+
+
+def write_decontam_manifest(out: Path) -> dict:
+    """out/decontam_manifest.json from the documents decontam excluded (their `contaminated` items), in
+    `carebot data decontam`'s format, for eval's contamination guard."""
+    from carebot.io import iter_jsonl
+    from data_tools.curate.decontam import DecontamConfig, Index, make_manifest
+
+    index = Index(DecontamConfig())  # the index steps.DecontamFilter matched against
+    per_bench: dict[str, set[str]] = {b: set() for b in index.n_items}
+    removed = []
+    for f in sorted((out / "excluded" / "decontam").glob("*.jsonl")):
+        for _, rec in iter_jsonl(f):
+            its = [tuple(x.split(":", 1)) for x in rec["contaminated"]]
+            for b, iid in its:
+                per_bench.setdefault(b, set()).add(iid)
+            removed.append({"id": rec["id"], "benchmarks": sorted({b for b, _ in its}), "items": rec["contaminated"][:20]})
+    m = make_manifest(index, per_bench, removed, {})
+    write_json(out / "decontam_manifest.json", m)
+    return m
 
 
 def _plot(path: Path, funnel: list[tuple[str, float]], buckets: dict[str, int]) -> None:

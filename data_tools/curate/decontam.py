@@ -205,6 +205,15 @@ class Index:
         return hit
 
 
+def make_manifest(index: Index, per_bench: dict[str, set[str]], removed: list[dict], inputs: dict) -> dict[str, Any]:
+    """The manifest eval's contamination guard reads (eval/contamination.py): per benchmark, the items that
+    removed training documents overlapped."""
+    return {"n": index.cfg.n,
+            "benchmarks": {b: {"overlapping_items": sorted(s), "n": len(s), "n_items": index.n_items[b]}
+                           for b, s in per_bench.items()},
+            "removed": removed, "inputs": inputs, "boilerplate_grams_ignored": index.n_boilerplate}
+
+
 def decontaminate(files: Iterable[Path], out_dir: Path, index: Index, progress: bool = True,
                   allow_empty: bool = False) -> dict[str, Any]:
     """Clean each jsonl into out_dir/<its output name> (see carebot.commit.output_names); return the manifest
@@ -233,13 +242,7 @@ def decontaminate(files: Iterable[Path], out_dir: Path, index: Index, progress: 
                                 "items": [f"{b}:{i}" for b, i in its[:20]]})
             kept = outs.counts[out_dir / name]
             inputs[str(path)] = {"output": name, "docs": n, "kept": kept, "removed": n - kept}
-    manifest = {
-        "n": index.cfg.n,
-        "benchmarks": {b: {"overlapping_items": sorted(s), "n": len(s), "n_items": index.n_items[b]} for b, s in per_bench.items()},
-        "removed": removed,
-        "inputs": inputs,
-        "boilerplate_grams_ignored": index.n_boilerplate,
-    }
+    manifest = make_manifest(index, per_bench, removed, inputs)
     write_json(out_dir / "manifest.json", manifest)
     rows = "".join(f"| {b} | {v['n']} / {v['n_items']} |\n" for b, v in manifest["benchmarks"].items())
     write_text(out_dir / "report.md", f"# Decontamination ({index.cfg.n}-grams)\n\n{len(removed)} training docs removed.\n\n"

@@ -153,30 +153,83 @@ class DecontamFilter(BaseFilter):
         if not hit:
             return True
         benches = sorted({self._index.items[i][0] for i in hit})
-        doc.metadata["contaminated"] = [f"{b}:{i}" for b, i in sorted(self._index.items[i] for i in hit)[:20]]
+        doc.metadata["contaminated"] = [f"{b}:{i}" for b, i in sorted(self._index.items[i] for i in hit)]
         for b in benches:
             self.stat_update(f"contaminated_{b}")
         return False, "contaminated"
 
 
+def doc_lang(doc: Document) -> str:
+    """zh | en: the record's `lang` when it says one of them, else the one language detector's."""
+    return doc.metadata["lang"] if doc.metadata.get("lang") in ("zh", "en") else lang_of(doc.text)
+
+
+def scored_docs(folder: str, rank: int):
+    """What stage 1's task `rank` wrote (work/scored/RANK.jsonl), in its order, as Documents."""
+    from carebot.io import iter_jsonl
+
+    path = Path(folder) / f"{rank:05d}.jsonl"
+    if path.exists():
+        for _, rec in iter_jsonl(path):
+            yield Document(text=rec["text"], id=rec["id"], metadata=rec.get("metadata", {}))
+
+
+class HqCut(PipelineStep):
+    """One task: the DataRater score from which a medical document is medical_hq, per language, into `cut_file`
+    for the bucketer. A fixed `hq_threshold` (BAAI's DataRater card: >= 4), or, with `top_frac`, the score of
+    the top `top_frac` of the medical documents that survive near-dup removal (bucket.hq_cuts' rule; it reads
+    every scored document once, 8 bytes a medical one)."""
+
+    name = "medical_hq cut"
+
+    def __init__(self, scored: str, remove: str, cut_file: str, tasks: int, hq_threshold: float = 4.0,
+                 top_frac: float | None = None, min_domain_prob: float = 0.5):
+        super().__init__()
+        self.scored, self.remove, self.cut_file, self.tasks = scored, remove, cut_file, tasks
+        self.hq_threshold, self.top_frac, self.min_domain_prob = hq_threshold, top_frac, min_domain_prob
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from array import array
+
+        import numpy as np
+
+        from carebot.io import write_json
+        from data_tools.curate.bucket import bucket_of, top_cut
+
+        by_lang: dict[str, array] = {}
+        for r in range(self.tasks if self.top_frac else 0):
+            rm = Path(self.remove) / f"{r:06d}.remove"
+            gone = set(np.fromfile(rm, dtype="<u4").tolist()) if rm.exists() else set()
+            for i, doc in enumerate(scored_docs(self.scored, r)):
+                if i not in gone and bucket_of(record(doc), float("inf"), self.min_domain_prob) != "general":
+                    by_lang.setdefault(doc_lang(doc), array("d")).append(float(doc.metadata.get("quality", 0.0)))
+        cuts = {lg: float(top_cut(q, self.top_frac)) for lg, q in sorted(by_lang.items())}
+        write_json(Path(self.cut_file), {"hq_threshold": self.hq_threshold, "top_frac": self.top_frac, "cuts": cuts})
+        note_peak_rss(self)
+
+
 class Bucketer(PipelineStep):
     """{medical, general, medical_hq} x {zh, en} (data_tools/curate/bucket.py), as metadata `bucket` for the
-    writer's `${bucket}` folder; `lang` from the one language detector."""
+    writer's `${bucket}` folder; `lang` from the one language detector; the medical_hq score per language from
+    HqCut's `cut_file`."""
 
     name = "bucket"
     type = "annotator"
 
-    def __init__(self, hq_threshold: float = 4.0, min_domain_prob: float = 0.5):
+    def __init__(self, cut_file: str, min_domain_prob: float = 0.5):
         super().__init__()
-        self.hq_threshold, self.min_domain_prob = hq_threshold, min_domain_prob
+        self.cut_file, self.min_domain_prob = cut_file, min_domain_prob
 
     def run(self, data, rank: int = 0, world_size: int = 1):
+        import json
+
         from data_tools.curate.bucket import bucket_of
 
+        cut = json.loads(Path(self.cut_file).read_text())
         for doc in data:
-            lang = doc.metadata.get("lang") if doc.metadata.get("lang") in ("zh", "en") else lang_of(doc.text)
-            doc.metadata["lang"] = lang
-            doc.metadata["bucket"] = f"{bucket_of(record(doc), self.hq_threshold, self.min_domain_prob)}_{lang}"
+            lang = doc.metadata["lang"] = doc_lang(doc)
+            hq = cut["cuts"].get(lang, cut["hq_threshold"])
+            doc.metadata["bucket"] = f"{bucket_of(record(doc), hq, self.min_domain_prob)}_{lang}"
             self.stat_update(doc.metadata["bucket"])
             self.update_doc_stats(doc)
             yield doc

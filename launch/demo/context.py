@@ -66,4 +66,5 @@ def tokenizer_dir(ctx: Ctx) -> Path:
         return Path(ctx.base_model)
     if ctx.tokenizer == "llama3":
         return build_llama3_tokenizer(cache_dir() / "llama3-tokenizer")
-    return train_small_bpe([r["text"] for r in jl(ctx.out / "corpus" / "raw.jsonl")], ctx.out / "tokenizer", 4096)
+    return train_small_bpe([r["text"] for p in sorted((ctx.out / "corpus").glob("raw-*.jsonl")) for r in jl(p)],
+                           ctx.out / "tokenizer", 4096)

@@ -44,6 +44,9 @@ def _digests(rows: list[dict], n: int) -> list[dict]:
 
 
 
+SHARDS = 4  # the raw corpus as files: the curation pipeline's unit of work (one task per shard)
+
+
 def s_corpus(ctx: Ctx) -> dict:
     rows = []
     for rel, keys, (n_full, n_quick) in SOURCES:
@@ -56,23 +59,26 @@ def s_corpus(ctx: Ctx) -> dict:
             text = "\n".join(str(d[k]) for k in keys if d.get(k))
             rows.append({"id": f"{f.stem}-{i}", "text": text, "source": f.stem})
     random.Random(0).shuffle(rows)  # a crawl is not sorted by source: labeling takes a fair sample
-    write_jl(ctx.d("corpus") / "raw.jsonl", rows)
-    return {"docs": len(rows), "sources": len({r["source"] for r in rows})}
+    for k in range(SHARDS):
+        write_jl(ctx.d("corpus") / f"raw-{k:05d}.jsonl", rows[k::SHARDS])
+    return {"docs": len(rows), "sources": len({r["source"] for r in rows}), "shards": SHARDS}
+
+
+def _raw(ctx: Ctx) -> list[str]:
+    return sorted(map(str, (ctx.out / "corpus").glob("raw-*.jsonl")))
 
 
 def s_rules(ctx: Ctx) -> dict:
-    carebot(ctx, "rules", "data", "rules", "--input", str(ctx.out / "corpus" / "raw.jsonl"),
-            "--out", str(ctx.d("rules")), "--workers", "2", "--no-progress")
+    """Rules on the raw shards: the labeling sample is drawn from text that passes them (curate runs them again)."""
+    carebot(ctx, "rules", "data", "rules", "--input", *_raw(ctx), "--out", str(ctx.d("rules")), "--workers", "2",
+            "--no-progress")
     s = json.loads((ctx.out / "rules" / "summary.json").read_text())["totals"]
     return {"docs": s["docs"], "kept": s["kept"]}
 
 
-def _kept_corpus(ctx: Ctx) -> Path:
-    return next(p for p in (ctx.out / "rules").rglob("*.jsonl") if "excluded" not in p.parts and p.stem == "raw")
-
-
 def s_label(ctx: Ctx) -> dict:
-    carebot(ctx, "label", "data", "label", "--input", str(_kept_corpus(ctx)), "--out", str(ctx.d("label")),
+    kept = sorted(str(p) for p in (ctx.out / "rules").rglob("raw-*.jsonl") if "excluded" not in p.parts)
+    carebot(ctx, "label", "data", "label", "--input", *kept, "--out", str(ctx.d("label")),
             "--base-url", ctx.base_url, "--model", ctx.models["label"], "--limit", "300" if ctx.quick else "800",
             "--no-progress")
     s = json.loads((ctx.out / "label" / "summary.json").read_text())
@@ -82,44 +88,34 @@ def s_label(ctx: Ctx) -> dict:
 def s_domain(ctx: Ctx) -> dict:
     carebot(ctx, "domain", "data", "domain", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
             "--out", str(ctx.d("domain") / "model"), "--max-length", "128")
-    carebot(ctx, "domain", "data", "domain", "apply", "--model", str(ctx.out / "domain" / "model"),
-            "--input", str(_kept_corpus(ctx)), "--out-dir", str(ctx.d("domain") / "scored"))
     rep = json.loads((ctx.out / "domain" / "model" / "eval.json").read_text())
-    docs = jl(next((ctx.out / "domain" / "scored").glob("*.jsonl")))
-    return {"held_out_acc": round(rep["accuracy"], 3), "balanced_acc": round(rep["balanced_accuracy"], 3), "scored": len(docs),
-            "medical": sum(d.get("domain") == "medical" for d in docs)}
+    return {"held_out_acc": round(rep["accuracy"], 3), "balanced_acc": round(rep["balanced_accuracy"], 3)}
 
 
 def s_datarater(ctx: Ctx) -> dict:
     carebot(ctx, "datarater", "data", "datarater", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
             "--out", str(ctx.d("datarater") / "model"), "--max-length", "128")
-    carebot(ctx, "datarater", "data", "datarater", "apply", "--model", str(ctx.out / "datarater" / "model"),
-            "--input", *map(str, (ctx.out / "domain" / "scored").glob("*.jsonl")),
-            "--out-dir", str(ctx.d("datarater") / "scored"))
-    docs = jl(next((ctx.out / "datarater" / "scored").glob("*.jsonl")))
-    return {"scored": len(docs), "quality_ge_3": sum(float(d.get("quality", 0)) >= 3 for d in docs)}
+    rep = json.loads((ctx.out / "datarater" / "model" / "eval.json").read_text())
+    return {"held_out_spearman": round(rep["spearman"], 3), "held_out_mse": round(rep["mse"], 3)}
 
 
-def s_decontam(ctx: Ctx) -> dict:
-    carebot(ctx, "decontam", "data", "decontam", "--input", *map(str, (ctx.out / "datarater" / "scored").glob("*.jsonl")),
-            "--out", str(ctx.d("decontam")), "--no-progress")
-    m = json.loads((ctx.out / "decontam" / "manifest.json").read_text())
-    return {"removed": len(m.get("removed", [])), "kept": sum(len(jl(p)) for p in (ctx.out / "decontam").glob("*.jsonl"))}
+def s_curate(ctx: Ctx) -> dict:
+    """The whole curation as one datatrove pipeline over the raw shards (`carebot data curate`): rules + PII,
+    domain + DataRater, decontam (manifest for eval), near-dup across shards, buckets. medical_hq feeds Boost
+    CPT. Production: DataRater >= 4 ("absolutely high quality", BAAI's card). The demo's DataRater learnt from a
+    few hundred rule-labelled items and its zh and en scales differ, so the top 40% of medical docs in each
+    language are HQ."""
+    carebot(ctx, "curate", "data", "curate", "--input", *_raw(ctx), "--out", str(ctx.d("curate")),
+            "--tasks", str(SHARDS), "--workers", "2", "--domain-model", str(ctx.out / "domain" / "model"),
+            "--datarater-model", str(ctx.out / "datarater" / "model"), "--hq-top-frac", "0.4")
+    rep = json.loads((ctx.out / "curate" / "report.json").read_text())
+    return {**{k.replace("after ", "").replace(" + PII", ""): int(v) for k, v in rep["funnel"].items()},
+            **rep["buckets"]}
 
 
-def s_dedup(ctx: Ctx) -> dict:
-    carebot(ctx, "dedup", "data", "dedup", "--input", *map(str, (ctx.out / "decontam").glob("*.jsonl")),
-            "--out", str(ctx.d("dedup")))
-    return {"kept": sum(len(jl(p)) for p in (ctx.out / "dedup").glob("*.jsonl"))}
-
-
-def s_bucket(ctx: Ctx) -> dict:
-    # medical_hq feeds Boost CPT. Production: DataRater >= 4 ("absolutely high quality", BAAI's card). The
-    # demo's DataRater learnt from a few hundred rule-labelled items and its zh and en scales differ, so the
-    # top 40% of medical docs in each language are HQ.
-    carebot(ctx, "bucket", "data", "bucket", "--input", *map(str, (ctx.out / "dedup").glob("*.jsonl")),
-            "--out", str(ctx.d("bucket")), "--hq-top-frac", "0.4")
-    return {p.name: sum(len(jl(f)) for f in p.glob("*.jsonl")) for p in sorted((ctx.out / "bucket").iterdir()) if p.is_dir()}
+def buckets(ctx: Ctx) -> list[Path]:
+    """The curated bucket folders (medical_zh, general_en, ...) that hold documents."""
+    return sorted(p for p in (ctx.out / "curate" / "buckets").iterdir() if p.is_dir() and any(p.glob("*.jsonl")))
 
 
 HELD_OUT = 20  # the last items of each SFT source: held-out medical text no stage trains on (`eval loss`)
@@ -152,7 +148,7 @@ def s_sft_data(ctx: Ctx) -> dict:
 def s_tokenize(ctx: Ctx) -> dict:
     tok = tokenizer_dir(ctx)
     out = {}
-    for b in sorted(p for p in (ctx.out / "bucket").iterdir() if p.is_dir() and any(p.glob("*.jsonl"))):
+    for b in buckets(ctx):
         carebot(ctx, "tokenize", "data", "tokenize", "--input", str(b), "--tokenizer-model", str(tok),
                 "--output-prefix", str(ctx.d("tokens") / b.name), "--bucket", b.name)
         out[b.name] = json.loads(Path(str(ctx.out / "tokens" / b.name) + "_text_document.manifest.json").read_text()).get("tokens")

@@ -94,7 +94,7 @@ def _export(ctx: Ctx, run: Path, name: str) -> dict:
     src = run / "best" if (run / "best" / "latest").exists() else run / "checkpoints"
     carebot(ctx, f"convert_{name}", "convert", "megatron-to-hf", "--megatron", str(src), "--out", str(ctx.out / name),
             "--config", str(run / "config.yaml"), "--tokenizer", str(tokenizer_dir(ctx)))
-    shutil.copy(ctx.out / "decontam" / "manifest.json", ctx.out / name / "decontam_manifest.json")
+    shutil.copy(ctx.out / "curate" / "decontam_manifest.json", ctx.out / name / "decontam_manifest.json")
     cfg = json.loads((ctx.out / name / "config.json").read_text())
     return {"hf_dir": str(ctx.out / name), "layers": cfg["num_hidden_layers"], "hidden": cfg["hidden_size"],
             "vocab": cfg["vocab_size"]}

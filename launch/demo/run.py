@@ -19,21 +19,19 @@ from carebot.errors import ConfigError, InputError
 from carebot.io import write_json, write_text
 from carebot.paths import data_dir
 from launch.demo.context import Ctx
-from launch.demo.curation_steps import (s_blend, s_bucket, s_corpus, s_datarater, s_decontam, s_dedup, s_domain,
-                                        s_label, s_rules, s_sft_data, s_tokenize)
+from launch.demo.curation_steps import (s_blend, s_corpus, s_curate, s_datarater, s_domain, s_label, s_rules,
+                                        s_sft_data, s_tokenize)
 from launch.demo.model_steps import (s_boost, s_dpo, s_dpo_pairs, s_eval, s_export_base, s_export_final,
                                      s_heldout, s_sft, s_sft_select, s_stable)
 
 
 STEPS: list[tuple[str, str, Callable[[Ctx], dict]]] = [
     ("corpus", "assemble a mixed zh/en, medical/general raw corpus from real data", s_corpus),
-    ("rules", "bilingual rule filters + PII scrub", s_rules),
+    ("rules", "bilingual rule filters + PII scrub (the sample to label)", s_rules),
     ("label", "LLM labels, two rounds, keep consistent (local OpenAI-protocol server)", s_label),
-    ("domain", "domain classifier: train on labels, apply to the corpus", s_domain),
-    ("datarater", "DataRater: train on label scores, apply", s_datarater),
-    ("decontam", "remove training docs overlapping any eval set (manifest for eval)", s_decontam),
-    ("dedup", "MinHash near-duplicate removal", s_dedup),
-    ("bucket", "{medical, general, medical_hq} x {zh, en} shards", s_bucket),
+    ("domain", "domain classifier: train on the labels", s_domain),
+    ("datarater", "DataRater: train on the label scores", s_datarater),
+    ("curate", "one datatrove pipeline: rules, domain + DataRater, decontam, near-dup, buckets", s_curate),
     ("sft_data", "medical dialogues for the Boost 'sft' bucket and SFT", s_sft_data),
     ("tokenize", "Megatron .bin/.idx per bucket + token manifests", s_tokenize),
     ("blend", "Stable (19:1, zh:en 1:9) and Boost (1:1, zh:en 4:6) weights", s_blend),

@@ -73,8 +73,8 @@ def models(tmp_path_factory, data_root) -> list[str]:
 
 def test_same_buckets_from_one_task_and_four_tasks_two_workers(tmp_path, data_root, models):
     inp = write_shards(corpus(data_root), tmp_path / "in")
-    curate(inp, tmp_path / "one", *models, "--tasks", "1")
-    curate(inp, tmp_path / "four", *models, "--tasks", "4", "--workers", "2")
+    curate(inp, tmp_path / "one", *models, "--tasks", "1", "--hq-top-frac", "0.4")
+    curate(inp, tmp_path / "four", *models, "--tasks", "4", "--workers", "2", "--hq-top-frac", "0.4")
     one, four = buckets(tmp_path / "one"), buckets(tmp_path / "four")
     assert {k: len(v) for k, v in one.items()} == {k: len(v) for k, v in four.items()}
     assert one == four
@@ -85,6 +85,13 @@ def test_same_buckets_from_one_task_and_four_tasks_two_workers(tmp_path, data_ro
     # the records feed `carebot data tokenize` as they are: text plus the annotations at top level
     rec = json.loads(four["medical_en"][0])
     assert {"id", "text", "domain", "domain_prob", "quality", "lang", "bucket"} <= set(rec) and rec["domain"] == "medical"
+    # medical_hq = the top 40% of each language's surviving medical docs: what `carebot data bucket` makes of them
+    from data_tools.curate.bucket import bucketize
+
+    survivors = [json.loads(x) for v in four.values() for x in v]
+    m = bucketize(survivors, tmp_path / "bucket", hq_top_frac=0.4)
+    assert {k: v["docs"] for k, v in m["buckets"].items()} == {k: len(v) for k, v in four.items()}
+    assert {"medical_hq_en", "medical_hq_zh"} <= set(four) and rep["medical_hq_cut"]["cuts"] == m["hq_threshold"]
 
 
 def near_copy(text: str, rng: random.Random) -> str:
@@ -169,6 +176,27 @@ def test_changed_option_discards_the_old_work(tmp_path, data_root):
     curate(inp, tmp_path / "o", "--no-decontam")
     p = curate(inp, tmp_path / "o", "--no-decontam", "--threshold", "0.9")
     assert "made from other inputs or options" in p.stderr
+
+
+def test_decontam_manifest_is_the_decontam_tools(tmp_path, data_root):
+    """Eval items planted in the corpus: curate drops them and lists the items hit in `decontam_manifest.json`,
+    as `carebot data decontam` does on the same documents (what eval's contamination guard reads)."""
+    from eval.contamination import overlaps
+
+    rows = corpus(data_root, 20)
+    items = read_jsonl(data_root / "benchmarks" / "medqa_usmle_4opt_test.jsonl", 3)
+    rows += [{"id": f"leak-{i}", "text": "Notes from a review course.\n" + it["question"] + "\n" + " ".join(
+        it["options"].values() if isinstance(it["options"], dict) else it["options"])} for i, it in enumerate(items)]
+    inp = write_shards(rows, tmp_path / "in", 2)
+    curate(inp, tmp_path / "o", "--tasks", "2")
+    ours = json.loads((tmp_path / "o" / "decontam_manifest.json").read_text())
+    assert sorted(r["id"] for r in ours["removed"]) == ["leak-0", "leak-1", "leak-2"]
+    assert set(ours["benchmarks"]["medqa"]["overlapping_items"]) >= {it["id"] for it in items}
+    p = subprocess.run([sys.executable, "-m", "carebot.cli", "data", "decontam", "--input", *sorted(map(str, inp.glob("*"))),
+                        "--out", str(tmp_path / "tool"), "--no-progress"], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    tool = json.loads((tmp_path / "tool" / "manifest.json").read_text())
+    assert ours["benchmarks"] == tool["benchmarks"] and overlaps(tmp_path / "o" / "decontam_manifest.json")["medqa"] >= 3
 
 
 ENCODER_50MB = r"""
