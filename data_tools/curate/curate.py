@@ -176,14 +176,17 @@ def slurm_jobs_clear(out: Path) -> bool:
     import subprocess
 
     names = ",".join(job_name(out, s) for s in STAGES)
-    q = subprocess.run(["squeue", "-h", "-n", names, "-o", "%i|%T|%r"], capture_output=True, text=True)
+    q = subprocess.run(["squeue", "-h", "-n", names, "-o", "%A|%T|%r"], capture_output=True, text=True)
     if q.returncode:
         raise InputError(f"squeue failed: {(q.stderr or q.stdout).strip()}")
-    jobs = [line.split("|") for line in q.stdout.split()]
-    stale = [j[0] for j in jobs if j[1] == "PENDING" and j[2] == "DependencyNeverSatisfied"]
-    live = [j[0] for j in jobs if j[0] not in stale]
+    jobs = sorted({tuple(line.split("|")) for line in q.stdout.split()})  # (array job id, state, reason)
+    waiting = [j[0] for j in jobs if j[1] == "PENDING" and j[2] in ("Dependency", "DependencyNeverSatisfied")]
+    live = [j[0] for j in jobs if j[0] not in waiting]
+    # the stages chain with afterok: once one can never start, neither can any job still waiting on a dependency
+    stale = waiting if any(j[2] == "DependencyNeverSatisfied" for j in jobs) else []
+    live += [j for j in waiting if j not in stale]
     if live:
-        print(f"[curate] jobs {' '.join(live)} of {out} are still queued or running: rerun once they end",
+        print(f"[curate] jobs {' '.join(sorted(set(live)))} of {out} are still queued or running: rerun once they end",
               file=sys.stderr)
         return False
     if stale:
