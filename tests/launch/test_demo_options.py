@@ -20,7 +20,8 @@ def test_heldout_medical_split_is_in_no_training_file(data_root, tmp_path, quick
     counts = s_sft_data(ctx)
     held = read_jsonl(tmp_path / "sft_data" / "heldout_medical.jsonl")
     assert counts["held_out"] == len(held) == HELD_OUT * len(SFT_SOURCES)
-    trained = {r["text"] for r in read_jsonl(tmp_path / "corpus" / "raw.jsonl")}
+    trained = {r["text"] for f in (tmp_path / "corpus").glob("raw-*.jsonl") for r in read_jsonl(f)}
+    assert len(trained) > 500
     sft = [r for lang in ("zh", "en") for r in read_jsonl(tmp_path / "sft_data" / f"sft_{lang}.jsonl")]
     assert len(sft) == counts["dialogues"] > 0
     trained |= {m["content"] for r in sft for m in r["messages"]}
