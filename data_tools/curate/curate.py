@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -86,6 +87,34 @@ class TaskFileReader(PipelineStep):
         from data_tools.curate.steps import scored_docs
 
         yield from scored_docs(self.folder, rank)
+
+
+class Console:
+    """sys.stderr while datatrove runs: its per-task log records (pipeline, stats, hundreds of lines a run; all of
+    them stay in logs/<stage>/logs/task_NNNNN.log) are left out, but for the first line of a warning or an error;
+    anything else written (progress bars, our own lines) passes through. `--verbose` keeps everything."""
+
+    RECORD = re.compile(r"^(?:\[NODE -?\d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+) +\| [^-]*- ")
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s: str) -> int:
+        m = self.RECORD.match(s)
+        if m is None:
+            self.stream.write(s)
+        elif m.group(1) in ("WARNING", "ERROR", "CRITICAL"):
+            self.stream.write(f"[curate] {m.group(1).lower()}: {s[m.end():].splitlines()[0]}\n")
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:  # no colour codes in what datatrove writes here
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, list]:
@@ -198,7 +227,7 @@ def slurm_jobs_clear(out: Path) -> bool:
 
 def stamp(a: argparse.Namespace, files: list[str]) -> dict:
     opts = {k: v for k, v in vars(a).items() if k not in ("out", "executor", "workers", "partition", "time",
-                                                          "env_command", "config", "progress")}
+                                                          "env_command", "config", "progress", "verbose")}
     models = {k: [fingerprint(p) for p in sorted(Path(v).iterdir()) if p.is_file()] for k, v in
               (("domain", a.domain_model), ("datarater", a.datarater_model)) if v}
     return {"inputs": [fingerprint(f) for f in files], "options": opts, "models": models}
@@ -242,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-task", type=int, default=1)
     ap.add_argument("--mem-per-cpu-gb", type=int, default=2, help="slurm: memory per CPU (whole GB)")
     ap.add_argument("--env-command", default=None, help="slurm: run before each task (e.g. `source venv/bin/activate`)")
+    ap.add_argument("--verbose", action="store_true", help="datatrove's task logs on stderr too (always in logs/)")
     a = parse_command(ap, argv)
     if a.tasks < 1 or a.workers < 1:
         raise InputError("--tasks and --workers must be >= 1")
@@ -261,7 +291,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_json(sp, st)
     if not finished(a, out):
-        executors(a, pipelines(a, files, out), out).run()
+        from loguru import logger
+
+        stderr = sys.stderr
+        sys.stderr = stderr if a.verbose else Console(stderr)  # datatrove's task loggers bind it when each task starts
+        logger.remove()
+        logger.add(sys.stderr)  # and this process's own records
+        print(f"[curate] {a.executor}: {len(STAGES)} stages, task logs in {out / 'logs'}/<stage>/logs/", file=stderr)
+        try:
+            executors(a, pipelines(a, files, out), out).run()
+        finally:
+            sys.stderr = stderr
+            logger.remove()
+            logger.add(stderr)
     if not finished(a, out):
         where = "submitted" if a.executor == "slurm" else "not finished (see logs/*/logs)"
         print(f"[curate] {where}: rerun the same command to resume it, or to write the report once it is done",

@@ -244,6 +244,8 @@ class Cluster(MinhashDedupCluster):
                     if (f, d) != keep:
                         remove.setdefault(f, []).append(d)
             with self.output_folder.get_output_file_manager(mode="wb") as out:
+                for sig in sorted((Path(self.sig_folder) / "full").glob("*.sig")):  # one file per task, even empty
+                    out.get_file(f"{int(sig.stem):06d}.remove")
                 for f in sorted(remove):
                     for d in sorted(remove[f]):
                         out.write(f"{f:06d}.remove", struct.pack("<I", d))

@@ -199,6 +199,18 @@ def test_decontam_manifest_is_the_decontam_tools(tmp_path, data_root):
     assert ours["benchmarks"] == tool["benchmarks"] and overlaps(tmp_path / "o" / "decontam_manifest.json")["medqa"] >= 3
 
 
+def test_a_cut_short_shard_is_one_line_and_the_log_keeps_the_trace(tmp_path, data_root):
+    inp = write_shards(corpus(data_root, 10), tmp_path / "in", 2)
+    with (inp / "shard1.jsonl").open("a") as f:
+        f.write('{"id": "x", "text": "cut sho')  # a copy that stopped mid-record
+    p = curate(inp, tmp_path / "o", "--tasks", "2", check=False)
+    assert p.returncode == 2 and "shard1.jsonl:21: not valid JSON" in p.stderr.splitlines()[-1], p.stderr[-2000:]
+    noise = [x for x in p.stderr.splitlines() if not x.startswith(("  ", "[carebot data curate] config"))]
+    assert len(noise) <= 4, noise  # no task logs, no traceback: datatrove's records stay in its log files
+    assert "Traceback" in "".join(f.read_text() for f in (tmp_path / "o" / "logs" / "1_score" / "logs").glob("*.log"))
+    assert not (tmp_path / "o" / "buckets").exists()
+
+
 ENCODER_50MB = r"""
 import resource, sys, time
 from datatrove.data import Document
