@@ -208,14 +208,14 @@ def slurm_jobs_clear(out: Path) -> bool:
     q = subprocess.run(["squeue", "-h", "-n", names, "-o", "%A|%T|%r"], capture_output=True, text=True)
     if q.returncode:
         raise InputError(f"squeue failed: {(q.stderr or q.stdout).strip()}")
-    jobs = sorted({tuple(line.split("|")) for line in q.stdout.split()})  # (array job id, state, reason)
-    waiting = [j[0] for j in jobs if j[1] == "PENDING" and j[2] in ("Dependency", "DependencyNeverSatisfied")]
-    live = [j[0] for j in jobs if j[0] not in waiting]
-    # the stages chain with afterok: once one can never start, neither can any job still waiting on a dependency
-    stale = waiting if any(j[2] == "DependencyNeverSatisfied" for j in jobs) else []
-    live += [j for j in waiting if j not in stale]
+    jobs = {tuple(line.split("|")) for line in q.stdout.split()}  # (array job id, state, reason)
+    # the stages chain with afterok: once one job can never start, neither can any other waiting on a dependency
+    broken = any(r == "DependencyNeverSatisfied" for _, _, r in jobs)
+    stale = sorted({i for i, st, r in jobs
+                    if broken and st == "PENDING" and r in ("Dependency", "DependencyNeverSatisfied")})
+    live = sorted({i for i, _, _ in jobs} - set(stale))
     if live:
-        print(f"[curate] jobs {' '.join(sorted(set(live)))} of {out} are still queued or running: rerun once they end",
+        print(f"[curate] jobs {' '.join(live)} of {out} are still queued or running: rerun once they end",
               file=sys.stderr)
         return False
     if stale:

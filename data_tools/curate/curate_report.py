@@ -74,8 +74,10 @@ def write_decontam_manifest(out: Path) -> dict:
     `carebot data decontam`'s format, for eval's contamination guard."""
     from carebot.io import iter_jsonl
     from data_tools.curate.decontam import DecontamConfig, Index, make_manifest
+    from data_tools.curate.steps import loaded
 
-    index = Index(DecontamConfig())  # the index steps.DecontamFilter matched against
+    cfg = DecontamConfig()  # the index steps.DecontamFilter matched against (built already here with 1 worker)
+    index = loaded(("decontam", repr(cfg)), lambda: Index(cfg))
     per_bench: dict[str, set[str]] = {b: set() for b in index.n_items}
     removed = []
     for f in sorted((out / "excluded" / "decontam").glob("*.jsonl")):
