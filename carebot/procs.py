@@ -4,7 +4,9 @@ leaving them reparented to PID 1.
 
 Linux asks the kernel to do it (prctl PR_SET_PDEATHSIG): every forked child gets it through an at-fork hook
 (`children_die_with_me`, set once by `carebot.cli.run`); a spawned child (fork + exec, which runs no Python
-hook) calls `die_with_parent` as its pool or manager initializer. Elsewhere both are no-ops."""
+hook) calls `die_with_parent` as its pool or manager initializer. A training rank that torchrun started dies with
+torchrun's agent (`die_with_launcher`, run when `carebot` is first imported, before torch or megatron-core), so a
+kill -9 of torchrun does not leave its ranks training under PID 1. Elsewhere all of them are no-ops."""
 from __future__ import annotations
 
 import ctypes
@@ -40,3 +42,15 @@ def children_die_with_me() -> None:
     if not _hooked and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=lambda: die_with_parent(os.getppid()))
         _hooked = True
+
+
+def die_with_launcher() -> None:
+    """In a process torchrun started (its env has TORCHELASTIC_RUN_ID and the parent is still torchrun's agent),
+    have the kernel kill it when the agent dies. The window before this runs (interpreter start-up) is covered
+    by the rendezvous: a rank whose agent is gone cannot join it, and fails."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") is None or os.environ.get("LOCAL_RANK") is None:
+        return
+    import multiprocessing as mp
+
+    if mp.parent_process() is None:  # a rank itself, not a helper it spawned (those have their own initializer)
+        die_with_parent(os.getppid())

@@ -31,11 +31,11 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
-from carebot.commit import fingerprint
+from carebot.commit import fingerprints
 from carebot.config import parse_command
 from carebot.errors import InputError
-from carebot.io import iter_jsonl, write_json
-from carebot.text import doc_text
+from carebot.io import iter_jsonl, require_records, write_json
+from carebot.text import record_text
 
 from data_tools.curate.curate_report import STAGES, write_decontam_manifest, write_report
 
@@ -49,28 +49,37 @@ def flat(self, doc: Document) -> dict:
 
 class CorpusReader(PipelineStep):
     """The input shards through the one JSONL reader (carebot.io): task `rank` reads files[rank::world_size]
-    (sorted), each record's text by doc_text, its other fields as metadata, and its corpus-order key `_order`
-    (file index, line), which decides the kept document of a near-duplicate cluster."""
+    (sorted), each record's text by record_text (a record with no text field, or a non-string one, is an
+    InputError naming file:line, as in every other data command), its other fields as metadata, and its
+    corpus-order key `_order` (file index, line), which decides the kept document of a near-duplicate cluster.
+    A record whose text is blank goes to `exclusion_writer` with reason `empty_text`."""
 
     name = "read"
     type = "reader"
 
-    def __init__(self, files: list[str]):
+    def __init__(self, files: list[str], exclusion_writer=None):
         super().__init__()
-        self.files = files
+        self.files, self.exclusion_writer = files, exclusion_writer
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        for fi in range(rank, len(self.files), world_size):
-            path = self.files[fi]
-            for line, rec in iter_jsonl(path):
-                text = doc_text(rec)
-                self.stat_update("docs")
-                if not text.strip():
-                    self.stat_update("empty_text")
-                    continue
-                meta = {k: v for k, v in rec.items() if k not in ("id", "text")}
-                meta["_order"] = [fi, line]
-                yield Document(text=text, id=str(rec.get("id", f"{Path(path).name}:{line}")), metadata=meta)
+        from contextlib import nullcontext
+
+        with self.exclusion_writer if self.exclusion_writer else nullcontext() as excluded:
+            for fi in range(rank, len(self.files), world_size):
+                path = self.files[fi]
+                for line, rec in iter_jsonl(path):
+                    text = record_text(rec, f"{path}:{line}")
+                    self.stat_update("docs")
+                    meta = {k: v for k, v in rec.items() if k not in ("id", "text")}
+                    meta["_order"] = [fi, line]
+                    doc = Document(text=text, id=str(rec.get("id", f"{Path(path).name}:{line}")), metadata=meta)
+                    if not text.strip():
+                        self.stat_update("empty_text")
+                        if excluded:
+                            doc.metadata["filter_reason"] = "empty_text"
+                            excluded.write(doc, rank)
+                        continue
+                    yield doc
 
 
 class TaskFileReader(PipelineStep):
@@ -91,8 +100,10 @@ class TaskFileReader(PipelineStep):
 
 class Console:
     """sys.stderr while datatrove runs: its per-task log records (pipeline, stats, hundreds of lines a run; all of
-    them stay in logs/<stage>/logs/task_NNNNN.log) are left out, but for the first line of a warning or an error;
-    anything else written (progress bars, our own lines) passes through. `--verbose` keeps everything."""
+    them stay in logs/<stage>/logs/task_NNNNN.log) are left out, but for the first line of a warning; an error
+    reaches the console once, as the command's own `error:` line (the task's exception, raised here), with its
+    trace in the task log. Anything else written (progress bars, our own lines) passes through. `--verbose`
+    keeps everything."""
 
     RECORD = re.compile(r"^(?:\[NODE -?\d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+) +\| [^-]*- ")
 
@@ -103,7 +114,7 @@ class Console:
         m = self.RECORD.match(s)
         if m is None:
             self.stream.write(s)
-        elif m.group(1) in ("WARNING", "ERROR", "CRITICAL"):
+        elif m.group(1) == "WARNING":
             self.stream.write(f"[curate] {m.group(1).lower()}: {s[m.end():].splitlines()[0]}\n")
         return len(s)
 
@@ -130,7 +141,7 @@ def pipelines(a: argparse.Namespace, files: list[str], out: Path) -> dict[str, l
     def excluded(step: str) -> JsonlWriter:
         return JsonlWriter(str(out / "excluded" / step), compression=None, adapter=flat)
 
-    score = [CorpusReader(files)]
+    score = [CorpusReader(files, exclusion_writer=excluded("read"))]
     if a.rules:
         score.append(RulesFilter(RulesConfig(min_units=a.min_units, pii=a.pii), exclusion_writer=excluded("rules")))
     score.append(EncoderHeads(a.domain_model, a.datarater_model, batch_size=a.batch_size))
@@ -225,12 +236,38 @@ def slurm_jobs_clear(out: Path) -> bool:
     return True
 
 
-def stamp(a: argparse.Namespace, files: list[str]) -> dict:
+def stamp(a: argparse.Namespace, files: list[str], old: dict | None) -> dict:
+    """What the output dir's work was made from: options, and the content (sha256) of every input and model
+    file; a file whose stat (size, mtime, ctime, inode) is unchanged since `old` keeps its recorded hash, so
+    only a changed or new file is read for it."""
+    old = old if isinstance(old, dict) else {}
     opts = {k: v for k, v in vars(a).items() if k not in ("out", "executor", "workers", "partition", "time",
-                                                          "env_command", "config", "progress", "verbose")}
-    models = {k: [fingerprint(p) for p in sorted(Path(v).iterdir()) if p.is_file()] for k, v in
-              (("domain", a.domain_model), ("datarater", a.datarater_model)) if v}
-    return {"inputs": [fingerprint(f) for f in files], "options": opts, "models": models}
+                                                          "env_command", "config", "progress", "verbose",
+                                                          "allow_empty")}
+    models = {k: fingerprints([p for p in sorted(Path(v).iterdir()) if p.is_file()], old.get("models", {}).get(k))
+              for k, v in (("domain", a.domain_model), ("datarater", a.datarater_model)) if v}
+    return {"inputs": fingerprints(files, old.get("inputs")), "options": opts, "models": models}
+
+
+def same_stamp(a: dict, b: dict | None) -> bool:
+    """Two stamps describe the same work: equal but for the files' stat keys (a copy or a touch is no change)."""
+    from carebot.commit import content_only
+
+    return isinstance(b, dict) and content_only(a) == content_only(b)
+
+
+WORK = ("work", "buckets", "excluded")  # what a run writes besides logs/
+
+
+def discard(out: Path, logs: bool = True) -> None:
+    """Remove a run's outputs from `out` (with logs=False the task logs stay, for their traces, but not the
+    completion markers that would make a rerun skip work that is gone)."""
+    for d in WORK + (("logs",) if logs else ()):
+        shutil.rmtree(out / d, ignore_errors=True)
+    for d in (out / "logs").glob("*/completions"):
+        shutil.rmtree(d, ignore_errors=True)
+    for f in ("report.json", "report.md", "funnel.png", "decontam_manifest.json", "curate.stamp.json"):
+        (out / f).unlink(missing_ok=True)
 
 
 def input_files(paths: list[str]) -> list[str]:
@@ -272,22 +309,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-per-cpu-gb", type=int, default=2, help="slurm: memory per CPU (whole GB)")
     ap.add_argument("--env-command", default=None, help="slurm: run before each task (e.g. `source venv/bin/activate`)")
     ap.add_argument("--verbose", action="store_true", help="datatrove's task logs on stderr too (always in logs/)")
+    ap.add_argument("--allow-empty", action="store_true", help="inputs with no records are not an error")
     a = parse_command(ap, argv)
     if a.tasks < 1 or a.workers < 1:
         raise InputError("--tasks and --workers must be >= 1")
     files = input_files(a.input)
+    require_records(files, a.allow_empty)
     out = Path(a.out)
-    st = stamp(a, files)
     sp = out / "curate.stamp.json"
-    same = sp.exists() and json.loads(sp.read_text()) == st
+    try:
+        old = json.loads(sp.read_text()) if sp.is_file() else None
+    except ValueError:
+        old = None
+    st = stamp(a, files, old)
+    same = same_stamp(st, old)
     if a.executor == "slurm" and not (same and finished(a, out)) and not slurm_jobs_clear(out):
         return 0
-    if sp.exists() and not same:
-        print(f"[curate] {out}: made from other inputs or options; discarding its work and starting again", file=sys.stderr)
-        for d in ("work", "logs", "buckets", "excluded"):
-            shutil.rmtree(out / d, ignore_errors=True)
-        for f in ("report.json", "report.md", "funnel.png", "decontam_manifest.json"):
-            (out / f).unlink(missing_ok=True)
+    if not same and any((out / d).exists() for d in WORK + ("logs",)):
+        why = "made from other inputs or options" if old else "holds work no stamp vouches for"
+        print(f"[curate] {out}: {why}; discarding its work and starting again", file=sys.stderr)
+        discard(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(sp, st)
     if not finished(a, out):
@@ -300,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[curate] {a.executor}: {len(STAGES)} stages, task logs in {out / 'logs'}/<stage>/logs/", file=stderr)
         try:
             executors(a, pipelines(a, files, out), out).run()
+        except InputError:  # bad input: nothing made from it is kept (the rerun starts over, once it is fixed)
+            discard(out, logs=False)
+            raise
         finally:
             sys.stderr = stderr
             logger.remove()

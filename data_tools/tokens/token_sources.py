@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from carebot.commit import file_sha256
 from carebot.errors import InputError
 
 MAX_EXAMPLES = 5  # bad lines quoted per file in the report
@@ -221,6 +222,7 @@ def parquet_columns(path: Path, keys: list[str], stats: FileStats, chunk_bytes: 
         for r in range(pf.metadata.num_rows):
             stats.bad(r + 1, f"missing_key '{missing[0]}'", strict)
         stats.lines = pf.metadata.num_rows
+        stats.sha256 = file_sha256(path)
         return
     md = pf.metadata
     avg = max(1, sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups)) // max(1, md.num_rows))
@@ -240,8 +242,4 @@ def parquet_columns(path: Path, keys: list[str], stats: FileStats, chunk_bytes: 
         stats.lines += batch.num_rows
         stats.records += len(next(iter(cols.values())))
         yield cols
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    stats.sha256 = h.hexdigest()
+    stats.sha256 = file_sha256(path)  # parquet is read by row group, not front to back: one more read

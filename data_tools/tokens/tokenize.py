@@ -5,7 +5,13 @@ that is an order of magnitude faster: gigatoken (Rust BPE, checked against HF `t
 shard) encodes Arrow string columns parsed in C++, numpy lays out BOS + text + EOD, and no torch is imported.
 
 Resumable: shards are appended in order to `.bin.tmp`; after each shard a progress file records the byte and
-document ends, so a rerun after kill -9 truncates to the last finished shard and carries on (byte-identical)."""
+document ends and the shard's sha256 (hashed in the pass that reads it), so a rerun after kill -9 truncates to the
+last finished shard and carries on (byte-identical).
+
+Commit order: a run that is not up to date first removes the prefix's old manifest, then writes `.bin.tmp`, the
+`.idx`, renames the `.bin`, and writes the manifest last, with the size and sha256 of both outputs and of every
+input. "Up to date" is answered only when all of them still hold (a file whose stat key changed is hashed
+again), so no kill leaves a complete manifest over a mixed or half-renamed pair."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carebot.commit import fingerprint
+from carebot.commit import fingerprint, stat_key, unchanged
 from carebot.config import parse_command
 from carebot.errors import ConfigError, InputError
 from carebot.io import require_records, write_json
@@ -172,7 +178,7 @@ def run(cfg: TokenizeConfig) -> dict:
     suffix += [enc.eod] if cfg.append_eod else []
     Path(cfg.output_prefix).parent.mkdir(parents=True, exist_ok=True)
     setup = {"config": asdict(cfg), "tokenizer_sha256": enc.fingerprint, "prefix_ids": prefix, "suffix_ids": suffix,
-             "dtype": dtype.name, "inputs": [fingerprint(f) for f in files]}
+             "dtype": dtype.name, "inputs": [{"path": str(f.resolve()), "size": f.stat().st_size} for f in files]}
     print("[tokenize] " + json.dumps(setup["config"], ensure_ascii=False), file=sys.stderr)
 
     # Up to date? (same config, same input files) -> nothing to do.
@@ -182,11 +188,16 @@ def run(cfg: TokenizeConfig) -> dict:
         if all(o.get("complete") and o.get("setup") == setup and _outputs_intact(o, dtype) for o in olds.values()):
             print(f"[tokenize] up to date: {', '.join(map(str, mpaths.values()))}", file=sys.stderr)
             return olds
+    for p in mpaths.values():  # from here on the old outputs are being replaced: nothing vouches for them
+        p.unlink(missing_ok=True)
 
     prog_path = Path(cfg.output_prefix + ".tokenize-progress.json")
     prog = json.loads(prog_path.read_text()) if prog_path.is_file() else None
     if prog is not None and prog.get("setup") != setup:
         print(f"[tokenize] {prog_path} is from a different config or inputs: starting over", file=sys.stderr)
+        prog = None
+    if prog is not None and not all(unchanged(d["file"]) for d in prog["done"]):
+        print(f"[tokenize] an input changed since {prog_path} recorded it: starting over", file=sys.stderr)
         prog = None
     prog = _resumable(cfg, keys, prog) or {"setup": setup, "done": []}
     ends = prog["done"][-1]["ends"] if prog["done"] else {k: {"bytes": 0, "docs": 0} for k in keys}
@@ -207,6 +218,7 @@ def run(cfg: TokenizeConfig) -> dict:
     chunk = cfg.chunk_mb << 20
     for f in todo:
         stats = FileStats(str(f))
+        st0 = stat_key(f.stat())  # before the read: a change during it shows as a changed stat key
         lang_docs = {k: np.zeros(3, np.int64) for k in keys}
         lang_toks = {k: np.zeros(3, np.int64) for k in keys}
         for cols in _iter_shard(f, keys, stats, chunk, cfg.strict, render):
@@ -223,7 +235,8 @@ def run(cfg: TokenizeConfig) -> dict:
             outs[k][0].flush()
             outs[k][1].flush()
         ends = {k: {"bytes": outs[k][0].tell(), "docs": outs[k][1].tell() // 4} for k in keys}
-        prog["done"].append({"file": fingerprint(f), "sha256": stats.sha256, "lines": stats.lines,
+        fp = {"path": str(f.resolve()), "size": st0[0], "sha256": stats.sha256, "stat": st0}
+        prog["done"].append({"file": fp, "sha256": stats.sha256, "lines": stats.lines,
                              "docs": stats.records, "skipped": dict(stats.skipped), "examples": stats.examples,
                              "engine": enc.engine, "ends": ends,
                              "lang_docs": {k: v.tolist() for k, v in lang_docs.items()},
@@ -236,16 +249,31 @@ def run(cfg: TokenizeConfig) -> dict:
     for fb, fl in outs.values():
         fb.close()
         fl.close()
+    if not cfg.allow_empty and not any(d["docs"] for d in prog["done"]):
+        for k in keys:
+            for ext in (".bin.tmp", ".lengths.tmp"):
+                Path(out_prefix(cfg, k) + ext).unlink(missing_ok=True)
+        prog_path.unlink(missing_ok=True)
+        bad = sum(sum(d["skipped"].values()) for d in prog["done"])
+        eg = next((e for d in prog["done"] for e in d["examples"]), "")
+        raise InputError(f"{', '.join(map(str, files))}: no usable records ({bad} bad, e.g. {eg}; "
+                         "pass --allow-empty to accept that)")
     manifests = {k: _finalize(cfg, k, prog, setup, enc, dtype, time.time() - t0) for k in keys}
     prog_path.unlink(missing_ok=True)
     return manifests
 
 
 def _outputs_intact(m: dict, dtype: np.dtype) -> bool:
-    """The `.bin` / `.idx` a complete manifest describes are there at their sizes (not truncated or deleted)."""
+    """What a complete manifest vouches for still holds: the `.bin` / `.idx` it names at its sizes with its
+    sha256s (not truncated, deleted, or replaced by another run's), and every input shard with its sha256 (a
+    file is hashed again only when its stat key changed since)."""
     b, i = Path(m["prefix"] + ".bin"), Path(m["prefix"] + ".idx")
-    return (b.is_file() and b.stat().st_size == m["tokens"] * dtype.itemsize and i.is_file()
-            and i.stat().st_size == 34 + 12 * m["documents"] + 8 * (m["documents"] + 1))
+    sizes = (b.is_file() and b.stat().st_size == m["tokens"] * dtype.itemsize and i.is_file()
+             and i.stat().st_size == 34 + 12 * m["documents"] + 8 * (m["documents"] + 1))
+    outs = m.get("outputs", {})
+    return (sizes and outs.get("bin", {}).get("path") == str(b.resolve()) and unchanged(outs["bin"])
+            and outs.get("idx", {}).get("path") == str(i.resolve()) and unchanged(outs["idx"])
+            and all(unchanged(s["file"]) for s in m["shards"]))
 
 
 def _resumable(cfg: TokenizeConfig, keys: list[str], prog: dict | None) -> dict | None:
@@ -275,7 +303,7 @@ def _finalize(cfg: TokenizeConfig, key: str, prog: dict, setup: dict, enc: Encod
     lengths = np.fromfile(len_tmp, dtype=np.int32)
     write_index(base + ".idx", lengths, dtype)
     os.replace(bin_tmp, base + ".bin")
-    shards = [{"path": d["file"]["path"], "sha256": d["sha256"], "lines": d["lines"], "docs": d["docs"],
+    shards = [{"path": d["file"]["path"], "file": d["file"], "sha256": d["sha256"], "lines": d["lines"], "docs": d["docs"],
                "tokens": (d["ends"][key]["bytes"] - (prev["ends"][key]["bytes"] if prev else 0)) // dtype.itemsize,
                "skipped": d["skipped"], "examples": d["examples"], "engine": d["engine"]}
               for prev, d in zip([None] + prog["done"][:-1], prog["done"])]
@@ -285,7 +313,8 @@ def _finalize(cfg: TokenizeConfig, key: str, prog: dict, setup: dict, enc: Encod
          "lang": lang, "engine": "+".join(sorted({s["engine"] for s in shards})) or enc.engine,
          "skipped": {r: sum(s["skipped"].get(r, 0) for s in shards) for r in
                      sorted({r for s in shards for r in s["skipped"]})},
-         "shards": shards, "setup": setup, "wall_s": round(wall, 3), "complete": True}
+         "shards": shards, "setup": setup, "wall_s": round(wall, 3), "complete": True,
+         "outputs": {"bin": fingerprint(base + ".bin"), "idx": fingerprint(base + ".idx")}}
     write_json(base + ".manifest.json", m)
     Path(base + ".report.md").write_text(_report(m))
     len_tmp.unlink(missing_ok=True)

@@ -46,6 +46,8 @@ INPUTS = {
     "wrong_type": lambda good: _line(good) + _line(_wrong_type(good)),
     "non_object": lambda good: _line(good) + b'["a", "list"]\n',
     "binary": lambda good: random.Random(0).randbytes(4096),
+    # every record bad (none usable): even a command that skips bad records must not exit 0 with empty outputs
+    "all_bad": lambda good: _line(_missing_key(good)) + _line(_wrong_type(good)) + b"\xff\xfe not json\n",
     "directory": None,
     "missing_file": None,
     "output_parent_is_file": lambda good: _line(good) * 3,
@@ -111,11 +113,12 @@ def _commands(ctx) -> dict[str, tuple[dict, callable]]:
         "deita": (DIALOGUE, lambda i, o: ["data", "deita", "--input", i, "--complexity-model", lm, "--out", o, "--no-progress"]),
         "confilter": (DIALOGUE, lambda i, o: ["data", "confilter", "--input", i, "--model", lm, "--out", o, "--no-progress"]),
         "dpo-pairs": (MCQ, lambda i, o: ["data", "dpo-pairs", "--mcq", i, "--out", o, "--no-progress"]),
+        "curate": (DOC, lambda i, o: ["data", "curate", "--input", i, "--out", o, "--no-decontam"]),
     }
 
 
 COMMANDS = ["rules", "label", "domain-train", "domain-apply", "datarater-train", "datarater-apply", "decontam", "dedup",
-            "bucket", "tokenize", "sft-build", "deita", "confilter", "dpo-pairs"]
+            "bucket", "tokenize", "sft-build", "deita", "confilter", "dpo-pairs", "curate"]
 FINAL = ("*.jsonl", "*.bin", "*.idx", "manifest.json", "*.manifest.json", "summary.json", "*.safetensors", "meta.json")
 
 
@@ -138,8 +141,11 @@ def test_bad_input_is_one_line_exit_2(command, bad, tmp_path, capsys, endpoint, 
         out = tmp_path / "afile" / "out"
     elif bad == "output_is_file":
         out.write_text("x")
+    args = [str(a) for a in argv(str(inp), str(out))]
+    if bad == "all_bad":  # the lenient mode too: skipping every record leaves nothing usable
+        args = [a for a in args if a != "--strict"]
     capsys.readouterr()
-    rc = cli.main([str(a) for a in argv(str(inp), str(out))])
+    rc = cli.main(args)
     err = capsys.readouterr().err
     lines = [l for l in err.splitlines() if "error:" in l]
     assert rc == 2, f"exit {rc}, stderr: {err[-500:]}"

@@ -33,8 +33,8 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _kill_when(cmd: list[str], ready, timeout: float = 240) -> list[int]:
-    """Run `cmd`, kill -9 it once `ready(children)` holds, return its descendants still running 3 s later."""
+def _kill_when(cmd: list[str], ready, timeout: float = 240, wait: float = 3) -> list[int]:
+    """Run `cmd`, kill -9 it once `ready(children)` holds, return its descendants still running `wait` s later."""
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: set[int] = set()
     end = time.time() + timeout
@@ -50,7 +50,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 240) -> list[int]:
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    time.sleep(3)
+    time.sleep(wait)
     left = [c for c in seen if _running(c)]
     for c in left:
         os.kill(c, signal.SIGKILL)
@@ -74,3 +74,20 @@ def test_trainer_checkpoint_writer_dies_with_it(tmp_path, cpt_prefixes, small_to
            "data.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=2", "train.train_steps=100000",
            "checkpoint.save_interval=2", "train.eval_interval=0", "train.tensorboard=false"]
     assert _kill_when(cmd, lambda seen: (out / "checkpoints" / "latest").exists()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_ranks_die_with_torchrun(tmp_path, cpt_prefixes, small_tokenizer_dir):
+    """kill -9 of torchrun (2 ranks, TP2) used to leave every rank training under PID 1, writing checkpoints:
+    now each rank has the kernel signal it when its launcher dies. No rank (nor any helper of one) is alive 5 s
+    after the kill."""
+    from tests.helpers import free_port
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "pretrain.train", "--config", "tiny_stable_cpt.yaml", f"output_dir={out}",
+           f"data.tokenizer={small_tokenizer_dir}", f"data.data_path=[{cpt_prefixes['medical_en']}]",
+           "data.seq_length=32", "train.micro_batch_size=2", "train.global_batch_size=2", "train.train_steps=100000",
+           "parallel.tensor=2", "checkpoint.save_interval=2", "train.eval_interval=0", "train.tensorboard=false"]
+    left = _kill_when(cmd, lambda seen: (out / "checkpoints" / "latest").exists(), wait=5)
+    assert left == [], f"{len(left)} processes of the run alive 5 s after torchrun was killed"

@@ -235,3 +235,59 @@ def test_encoder_step_cuts_a_50mb_document_before_tokenizing(models, capsys):
     assert p.returncode == 0 and "SECONDS" in p.stdout, p.stdout + p.stderr[-3000:]
     with capsys.disabled():
         print(f"\n[encoder step, 50 MB document] {p.stdout.strip()}")
+
+
+def test_bad_record_with_two_workers_is_one_line_and_leaves_no_outputs(tmp_path, data_root):
+    """A record with no text field, found by one of 4 tasks on 2 workers: exit 2, ONE `error:` line naming
+    file:line (it used to be printed twice), no bucket / excluded / work file left, and once the input is fixed
+    a rerun starts over and finishes."""
+    inp = write_shards(corpus(data_root, 8), tmp_path / "in", 4)
+    good = (inp / "shard2.jsonl").read_text(encoding="utf-8")
+    (inp / "shard2.jsonl").write_text(good + '{"id": "x", "body": "no text field"}\n', encoding="utf-8")
+    out = tmp_path / "o"
+    p = curate(inp, out, "--tasks", "4", "--workers", "2", "--no-decontam", check=False)
+    errors = [x for x in p.stderr.splitlines() if "error:" in x]
+    assert p.returncode == 2 and len(errors) == 1 and "shard2.jsonl:9: no 'text' field" in errors[0], p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    assert not [f for d in ("buckets", "excluded", "work") for f in (out / d).rglob("*") if f.is_file()]
+    assert not (out / "curate.stamp.json").exists()
+    (inp / "shard2.jsonl").write_text(good, encoding="utf-8")
+    curate(inp, out, "--tasks", "4", "--workers", "2", "--no-decontam")
+    assert json.loads((out / "report.json").read_text())["funnel"]["input"] == 32
+
+
+def test_empty_text_goes_to_excluded_and_empty_input_is_refused(tmp_path, data_root):
+    inp = write_shards(corpus(data_root, 5), tmp_path / "in", 2)
+    with (inp / "shard0.jsonl").open("a") as f:
+        f.write('{"id": "blank1", "text": ""}\n{"id": "blank2", "text": "   "}\n')
+    curate(inp, tmp_path / "o", "--tasks", "2", "--no-decontam")
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    gone = [json.loads(x) for f in (tmp_path / "o" / "excluded" / "read").glob("*.jsonl") for x in f.read_text().splitlines()]
+    assert rep["drops"]["empty_text"] == 2 and sorted(r["id"] for r in gone) == ["blank1", "blank2"]
+    assert {r["filter_reason"] for r in gone} == {"empty_text"}
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.jsonl").write_text("\n\n")
+    p = curate(tmp_path / "empty", tmp_path / "e", check=False)
+    assert p.returncode == 2 and "no records" in p.stderr.splitlines()[-1], p.stderr[-2000:]
+    curate(tmp_path / "empty", tmp_path / "e", "--allow-empty")
+    assert json.loads((tmp_path / "e" / "report.json").read_text())["funnel"]["input"] == 0
+
+
+def test_same_size_edit_with_mtime_restored_is_redone(tmp_path, data_root, capsys):
+    """The stamp held path + size + mtime: an edit that kept the size, with the mtime put back, reused the old
+    buckets. Now it holds each input's sha256 (read again only when the stat key, ctime included, changed)."""
+    inp = write_shards(corpus(data_root, 5), tmp_path / "in", 2)
+    out = tmp_path / "o"
+    curate(inp, out, "--tasks", "2", "--no-decontam")
+    before = buckets(out)
+    f = inp / "shard1.jsonl"
+    raw, st = f.read_bytes(), f.stat()
+    i = raw.index(b'"text": "') + 9
+    f.write_bytes(raw[:i] + bytes(reversed(raw[i:i + 40])) + raw[i + 40:])  # same size, other bytes
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    p = curate(inp, out, "--tasks", "2", "--no-decontam")
+    assert "discarding its work" in p.stderr and buckets(out) != before
+    os.utime(f)  # a touch alone (same bytes) is no change
+    p = curate(inp, out, "--tasks", "2", "--no-decontam")
+    assert "discarding" not in p.stderr

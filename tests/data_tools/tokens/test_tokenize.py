@@ -318,3 +318,86 @@ def test_document_separator_and_engine_fallback_come_from_the_tokenizer(tmp_path
     tok = load_tokenizer(chatml_base_tokenizer_dir)
     assert ends == {tok.convert_tokens_to_ids("<|endoftext|>")} == {0}
     assert MegatronTokenizerAdapter(tok, str(chatml_base_tokenizer_dir)).eod == 0  # not eos_token_id 2
+
+
+def test_every_record_bad_is_an_empty_input(tmp_path, llama3_tokenizer_dir):
+    """Random bytes (every record bad) used to exit 0 with a warning under a `complete: true, documents: 0`
+    manifest over a 0-byte .bin: nothing usable is treated as empty input."""
+    import random
+
+    src = tmp_path / "junk.jsonl"
+    src.write_bytes(random.Random(1).randbytes(8192))
+    args = ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(llama3_tokenizer_dir)]
+    with pytest.raises(InputError, match="no usable records"):
+        main(args)
+    assert not list(tmp_path.glob("o_*.bin")) and not list(tmp_path.glob("o_*.manifest.json"))
+    main(args + ["--allow-empty"])
+    m = json.loads((tmp_path / "o_text_document.manifest.json").read_text())
+    assert m["complete"] and m["documents"] == 0 and sum(m["skipped"].values()) > 0
+
+
+def test_a_prefix_left_half_switched_to_another_input_is_redone(tmp_path, llama3_tokenizer_dir, monkeypatch, capsys):
+    """The prefix holds input A's complete output; a run for input B (same number of documents) dies between
+    writing the .idx and renaming the .bin. A rerun for A used to answer 'up to date' over B's .idx and A's .bin
+    (pretrain refused the pair, tokenize kept answering 'up to date'): now it redoes A, and a rerun for B too."""
+    from data_tools.tokens import tokenize as T
+
+    a = write_jsonl(tmp_path / "a.jsonl", ["fever and cough for three days", "发热咳嗽三天", "chest pain"])
+    b = write_jsonl(tmp_path / "b.jsonl", ["a rash on both arms since last week after a new soap", "头痛", "ok"])
+    args = lambda src, pre: ["--input", str(src), "--output-prefix", str(tmp_path / pre), "--tokenizer",
+                             str(llama3_tokenizer_dir)]
+    for src, pre in ((a, "clean_a"), (b, "clean_b"), (a, "o")):
+        main(args(src, pre))
+    real_replace = os.replace
+
+    def die_at_bin_rename(src, dst, *k, **kw):
+        if str(dst).endswith("_document.bin"):
+            raise KeyboardInterrupt  # killed right after the new .idx landed
+        return real_replace(src, dst, *k, **kw)
+
+    monkeypatch.setattr(T.os, "replace", die_at_bin_rename)
+    with pytest.raises(KeyboardInterrupt):
+        main(args(b, "o"))
+    monkeypatch.setattr(T.os, "replace", real_replace)
+    capsys.readouterr()
+    for src, clean in ((a, "clean_a"), (b, "clean_b")):
+        main(args(src, "o"))
+        assert "up to date" not in capsys.readouterr().err
+        for ext in (".bin", ".idx"):
+            assert (tmp_path / f"o_text_document{ext}").read_bytes() == (tmp_path / f"{clean}_text_document{ext}").read_bytes()
+    main(args(b, "o"))
+    assert "up to date" in capsys.readouterr().err
+
+
+def test_up_to_date_checks_the_outputs_content(tmp_path, llama3_tokenizer_dir, capsys):
+    """An output rewritten with other bytes of the same size (its mtime put back) is not vouched for."""
+    src = write_jsonl(tmp_path / "t.jsonl", ["hello world, the patient is well", "你好世界，患者恢复良好"])
+    args = ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(llama3_tokenizer_dir)]
+    main(args)
+    binf = tmp_path / "o_text_document.bin"
+    good, st = binf.read_bytes(), binf.stat()
+    binf.write_bytes(bytes(len(good)))
+    os.utime(binf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    main(args)
+    assert "up to date" not in capsys.readouterr().err and binf.read_bytes() == good
+
+
+def test_same_size_edit_with_mtime_restored_is_redone(tmp_path, llama3_tokenizer_dir, capsys):
+    """Input fingerprints were path + size + mtime: an edit that kept the size, with the mtime put back, reused
+    the stale output. The content hash (taken in the tokenizing pass) catches it; a touch alone redoes nothing."""
+    src = write_jsonl(tmp_path / "t.jsonl", ["the patient has a fever", "患者发热"])
+    args = ["--input", str(src), "--output-prefix", str(tmp_path / "o"), "--tokenizer", str(llama3_tokenizer_dir)]
+    main(args)
+    before = (tmp_path / "o_text_document.bin").read_bytes()
+    os.utime(src)  # touched: same bytes
+    capsys.readouterr()
+    main(args)
+    assert "up to date" in capsys.readouterr().err
+    st = src.stat()
+    src.write_bytes(src.read_bytes().replace(b"fever", b"cough"))
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.stat().st_size == st.st_size and src.stat().st_mtime_ns == st.st_mtime_ns
+    main(args)
+    assert "up to date" not in capsys.readouterr().err
+    assert (tmp_path / "o_text_document.bin").read_bytes() != before
