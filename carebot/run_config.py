@@ -99,6 +99,9 @@ class CheckpointConfig:
     init_optimizer: bool = False  # with init_from: carry the optimizer moments over too
     keep_last: int = 2
     keep_best: bool = False  # also keep the checkpoint with the lowest val_loss under OUT/best (SFT)
+    # RESUME_KEYS changed on purpose at a resume (recorded in the checkpoint; schedule keys then follow the new
+    # values from the step reached, as Megatron's --override-opt_param-scheduler)
+    override_resume: list = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -113,6 +116,38 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     stage_args: dict = field(default_factory=dict)  # stage-specific knobs (SFT / DPO)
+
+
+# What the next sample is and how the schedule counts: a resume refuses a change to any of these (one line, each
+# key with its old and new value) unless checkpoint.override_resume names it. Every other key is free to change
+# at a resume (intervals, micro batch at equal global batch, parallel layout...; docs/pretrain.md).
+RESUME_KEYS = ("data.data_path", "data.split", "data.seq_length", "train.global_batch_size", "train.seed",
+               "train.train_steps", "train.epochs", "optim.lr", "optim.min_lr", "optim.warmup_ratio",
+               "optim.decay_style", "optim.weight_decay", "stage_args.valid_fraction", "stage_args.packing",
+               "stage_args.max_dialogues", "stage_args.system_prompt", "stage_args.chat_template")
+SCHEDULE_KEYS = ("train.train_steps", "train.epochs", "optim.lr", "optim.min_lr", "optim.warmup_ratio",
+                 "optim.decay_style", "optim.weight_decay")  # the ones megatron's LR scheduler holds
+
+
+def resume_keys(cfg: "RunConfig") -> dict:
+    """{dotted key: value} of RESUME_KEYS for `cfg` (data paths made absolute, so `a/b` == `./a/b`)."""
+    def norm(v):
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                return str(Path(v).expanduser().resolve()) if v else v
+        return v
+
+    out = {}
+    for key in RESUME_KEYS:
+        head, name = key.split(".", 1)
+        obj = getattr(cfg, head)
+        v = obj.get(name) if isinstance(obj, dict) else getattr(obj, name)
+        out[key] = norm(v) if key == "data.data_path" else v
+    return out
 
 
 STAGES = ("cpt", "sft", "dpo")
@@ -171,6 +206,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         parts = []
     if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
         bad("data.split", d.split, "three non-negative train,valid,test weights, e.g. 99,1,0")
+    unknown = [k for k in c.override_resume if k not in RESUME_KEYS]
+    if unknown:
+        bad("checkpoint.override_resume", unknown, f"keys among {', '.join(RESUME_KEYS)} (the others are free to change)")
     return cfg
 
 

@@ -29,7 +29,7 @@ from pretrain import checkpoint as ckpt
 from pretrain import distributed
 from carebot.config import dump, to_dict
 from carebot.errors import ConfigError
-from carebot.run_config import RunConfig
+from carebot.run_config import RunConfig, resume_keys
 from pretrain.data import check_data, collate, step_microbatches
 from pretrain.model import build_model, check_model_config, flops_per_token, use_transformer_engine
 from pretrain.scale import check_scale, ddp_config, describe, optimizer_config, transformer_kwargs
@@ -72,6 +72,7 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.iteration = 0
         self.consumed = 0
+        self.resume_overrides: list[dict] = []  # RESUME_KEYS changed on purpose at resumes (checkpoint.override_resume)
         self._signal = None
         self.writer = None
         self.metrics: list[dict] = []
@@ -163,6 +164,7 @@ class Trainer:
         if c.load and src is None:  # asked to resume from there: starting from scratch instead would be silent
             raise ConfigError(f"checkpoint.load: no checkpoint at {c.load} (unset it to start fresh)")
         if src is not None:
+            self.resume_overrides = self._check_resume(src)
             meta = ckpt.load(src, self.unwrapped, self.optimizer, self.scheduler)
             self.iteration, self.consumed = meta["iteration"], meta["consumed_samples"]
             self.hf_config = meta.get("hf_config")
@@ -178,6 +180,35 @@ class Trainer:
         best = ckpt.resolve(self.out / "best") if c.keep_best else None
         if best is not None and self.iteration > 0:  # resumed: keep comparing against the best so far
             self.best_val = ckpt.load_meta(best).get("val_loss", math.inf)
+
+    def _check_resume(self, src: Path) -> list[dict]:
+        """Refuse to resume `src` under a config that changes what the next sample is or how the schedule counts
+        (RESUME_KEYS), in one line naming each key with its old and new value, unless checkpoint.override_resume
+        names the key: then the change is recorded (the checkpoint's `resume_overrides`) and, for a schedule key,
+        megatron's scheduler takes the new values from the step reached (--override-opt_param-scheduler)."""
+        from carebot.run_config import SCHEDULE_KEYS, resume_keys
+
+        meta = ckpt.load_meta(src)
+        history = list(meta.get("resume_overrides", []))
+        old, new = meta.get("resume_keys"), resume_keys(self.cfg)
+        if not isinstance(old, dict):
+            self._log0(f"{src}: made before resume checks (no resume_keys): not compared")
+            return history
+        changed = {k: (old.get(k), v) for k, v in new.items() if k in old and old[k] != v}
+        refused = {k: ov for k, ov in changed.items() if k not in self.cfg.checkpoint.override_resume}
+        if refused:
+            what = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in refused.items())
+            raise ConfigError(f"resume from {src}: {what} would change the run this checkpoint belongs to (what the "
+                              f"next sample is, how the schedule counts); use a new output_dir, or set "
+                              f"checkpoint.override_resume=[{','.join(refused)}] to change it on purpose")
+        for k, (o, n) in changed.items():
+            self._log0(f"resume override (checkpoint.override_resume): {k}: {o!r} -> {n!r} from step "
+                       f"{meta.get('iteration')}")
+            history.append({"step": meta.get("iteration"), "key": k, "old": o, "new": n})
+        if any(k in SCHEDULE_KEYS for k in changed):  # the new schedule from here, not the checkpoint's
+            self.scheduler.override_opt_param_scheduler = True
+            self.scheduler.use_checkpoint_opt_param_scheduler = False
+        return history
 
     @property
     def unwrapped(self):
@@ -317,7 +348,8 @@ class Trainer:
         extra = {"consumed_samples": self.consumed, "param_checksum": self.param_checksum(), "stage": self.stage.name,
                  # what export needs: the architecture, the tokenizer, the source HF config's other fields
                  "model": asdict(self.cfg.model), "tokenizer": str(Path(self.cfg.data.tokenizer).expanduser().resolve()),
-                 "hf_config": self.hf_config, "chat_template": getattr(self.hf_tokenizer, "chat_template", None)}
+                 "hf_config": self.hf_config, "chat_template": getattr(self.hf_tokenizer, "chat_template", None),
+                 "resume_keys": resume_keys(self.cfg), "resume_overrides": self.resume_overrides}
         if best:
             extra["val_loss"] = self.best_val
         return ckpt.save(self.out / "best" if best else self.ckpt_root, self.iteration, self.unwrapped,

@@ -139,7 +139,8 @@ def test_signal_to_the_whole_process_group_after_a_save(tmp_path, base):
     k = int(stop.group(1))
     assert (tmp_path / "checkpoints" / "latest").read_text() == f"iter_{k:07d}"
     assert [r["step"] for r in metrics(tmp_path)] == list(range(1, k + 1))
-    run_pretrain(tmp_path, base + [f"train.train_steps={k + 2}", "checkpoint.save_interval=2"])  # resumes at k
+    run_pretrain(tmp_path, base + [f"train.train_steps={k + 2}", "checkpoint.save_interval=2",  # resumes at k
+                                   "checkpoint.override_resume=[train.train_steps]"])
     assert [r["step"] for r in metrics(tmp_path)] == list(range(1, k + 3))
 
 
