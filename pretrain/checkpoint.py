@@ -245,3 +245,30 @@ def load(ckpt_dir: Path, model, optimizer=None, scheduler=None) -> dict:
             torch.cuda.set_rng_state(rng["cuda"])
         get_cuda_rng_tracker().set_states(rng["tracker"])
     return meta
+
+
+def check_resume(src: Path, cfg) -> tuple[list[dict], bool, list[str]]:
+    """Refuse to resume `src` under a config that changes what the next sample is or how the schedule counts
+    (carebot.run_config.RESUME_KEYS): one ConfigError line naming each key with its old and new value, unless
+    `checkpoint.override_resume` names the key. Returns (the overrides recorded so far, this one's appended;
+    whether a schedule key changed; lines to log)."""
+    from carebot.errors import ConfigError
+    from carebot.run_config import SCHEDULE_KEYS, resume_keys
+
+    meta = load_meta(src)
+    history = list(meta.get("resume_overrides", []))
+    old, new = meta.get("resume_keys"), resume_keys(cfg)
+    if not isinstance(old, dict):
+        return history, False, [f"{src}: made before resume checks (no resume_keys): not compared"]
+    changed = {k: (old.get(k), v) for k, v in new.items() if k in old and old[k] != v}
+    refused = {k: ov for k, ov in changed.items() if k not in cfg.checkpoint.override_resume}
+    if refused:
+        what = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in refused.items())
+        raise ConfigError(f"resume from {src}: {what} would change the run this checkpoint belongs to (what the "
+                          f"next sample is, how the schedule counts); use a new output_dir, or set "
+                          f"checkpoint.override_resume=[{','.join(refused)}] to change it on purpose")
+    notes = []
+    for k, (o, n) in changed.items():
+        notes.append(f"resume override (checkpoint.override_resume): {k}: {o!r} -> {n!r} from step {meta.get('iteration')}")
+        history.append({"step": meta.get("iteration"), "key": k, "old": o, "new": n})
+    return history, any(k in SCHEDULE_KEYS for k in changed), notes

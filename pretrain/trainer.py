@@ -182,30 +182,11 @@ class Trainer:
             self.best_val = ckpt.load_meta(best).get("val_loss", math.inf)
 
     def _check_resume(self, src: Path) -> list[dict]:
-        """Refuse to resume `src` under a config that changes what the next sample is or how the schedule counts
-        (RESUME_KEYS), in one line naming each key with its old and new value, unless checkpoint.override_resume
-        names the key: then the change is recorded (the checkpoint's `resume_overrides`) and, for a schedule key,
-        megatron's scheduler takes the new values from the step reached (--override-opt_param-scheduler)."""
-        from carebot.run_config import SCHEDULE_KEYS, resume_keys
-
-        meta = ckpt.load_meta(src)
-        history = list(meta.get("resume_overrides", []))
-        old, new = meta.get("resume_keys"), resume_keys(self.cfg)
-        if not isinstance(old, dict):
-            self._log0(f"{src}: made before resume checks (no resume_keys): not compared")
-            return history
-        changed = {k: (old.get(k), v) for k, v in new.items() if k in old and old[k] != v}
-        refused = {k: ov for k, ov in changed.items() if k not in self.cfg.checkpoint.override_resume}
-        if refused:
-            what = "; ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in refused.items())
-            raise ConfigError(f"resume from {src}: {what} would change the run this checkpoint belongs to (what the "
-                              f"next sample is, how the schedule counts); use a new output_dir, or set "
-                              f"checkpoint.override_resume=[{','.join(refused)}] to change it on purpose")
-        for k, (o, n) in changed.items():
-            self._log0(f"resume override (checkpoint.override_resume): {k}: {o!r} -> {n!r} from step "
-                       f"{meta.get('iteration')}")
-            history.append({"step": meta.get("iteration"), "key": k, "old": o, "new": n})
-        if any(k in SCHEDULE_KEYS for k in changed):  # the new schedule from here, not the checkpoint's
+        """ckpt.check_resume, and for an overridden schedule key megatron's scheduler takes the new values."""
+        history, changed, notes = ckpt.check_resume(src, self.cfg)
+        for line in notes:
+            self._log0(line)
+        if changed:  # the new schedule from here, not the checkpoint's (--override-opt_param-scheduler)
             self.scheduler.override_opt_param_scheduler = True
             self.scheduler.use_checkpoint_opt_param_scheduler = False
         return history

@@ -282,7 +282,8 @@ def test_init_from_an_hf_dir_takes_its_architecture(tmp_path, tiny_hf, small_tok
     assert "is an HF model directory: converting it" in p.stdout
     assert "num_layers=2, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4, num_query_groups=2" in p.stdout
     assert [r["step"] for r in metrics(tmp_path / "a")] == [1, 2]
-    p = run_stage("pretrain.train", "stable_cpt.yaml", tmp_path / "a", over + ["train.train_steps=3"])
+    p = run_stage("pretrain.train", "stable_cpt.yaml", tmp_path / "a",
+                  over + ["train.train_steps=3", "checkpoint.override_resume=[train.train_steps]"])  # a longer run
     assert "converting it" not in p.stdout  # converted once, and resumed from its own checkpoint
     bad = run_stage("pretrain.train", "stable_cpt.yaml", tmp_path / "b", over + ["model.num_layers=4"], check=False)
     errors = [l for l in bad.stderr.splitlines() if "error:" in l]
