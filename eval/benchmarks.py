@@ -345,6 +345,12 @@ def _counts(items: list[MCQItem]) -> dict[str, int]:
     return out
 
 
+def sampling_kind(subjects: dict | None) -> str:
+    """How `stratified_subset` drew a subset with these per-subject counts, in the one wording every report uses:
+    "subject-stratified" over several subjects, "random" when the benchmark has one stratum (no subjects)."""
+    return "subject-stratified" if len(subjects or {}) > 1 else "random"
+
+
 def stratified_subset(items: list[MCQItem], limit: int, seed: int = 0) -> list[MCQItem]:
     """`limit` items, allocated to subjects in proportion by largest remainder (each subject within +-1 of
     limit * n_s / N; ties go to the subject name that sorts first), a seeded sample inside each subject

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from carebot.config import parse_command
-from carebot.errors import ConfigError, InputError
+from carebot.errors import CareBotError, ConfigError, InputError
 from carebot.io import write_text
 from carebot.llm import LLMClient, LLMConfig, Request
 from eval.contamination import check_contamination
@@ -64,6 +64,7 @@ class JudgeConfig:
     seed: int = 0
     contamination: str = "error"
     decontam_manifest: str | None = None
+    min_judged: float = 0.5  # the command fails (no average reported) when fewer turns than this share were judged
 
 
 # ----------------------------------------------------------------------------- data
@@ -315,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answers-b", default=None, help="pairwise: model B answers, jsonl {id, answer}")
     ap.add_argument("--contamination", choices=["error", "warn", "off"], default="error")
     ap.add_argument("--decontam-manifest", default=None)
+    ap.add_argument("--min-judged", type=float, default=0.5,
+                    help="fail (exit 2, no average) when fewer turns than this share were judged")
     a = parse_command(ap, argv)
     llm = LLMConfig(base_url=a.judge_base_url, model=a.judge_model, api_key_env=a.judge_key_env,
                     concurrency=a.judge_concurrency, parse_retries=a.judge_retries, temperature=0.0,
@@ -323,19 +326,33 @@ def main(argv: list[str] | None = None) -> int:
     cfg = JudgeConfig(out=a.out, llm=llm, engine=engine_from_args(a), name=a.name, benchmarks=benches,
                       paths=dict(s.split("=", 1) for s in a.path), limit=a.limit, max_turns=a.max_turns,
                       max_new_tokens=a.max_new_tokens, temperature=a.temperature, seed=a.seed,
-                      contamination=a.contamination, decontam_manifest=a.decontam_manifest)
+                      contamination=a.contamination, decontam_manifest=a.decontam_manifest, min_judged=a.min_judged)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     write_text(Path(a.out) / f"judge_{a.task}_config.json", json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
     if a.task == "consult":
         doc = run_consult(cfg)
+        short = []
         for b, r in doc["consult"].items():
-            print(f"{b}: avg {r['avg']} over {r['n_scored']} turns ({r['n_failed']} judge failures)")
+            if r["n_scored"] < cfg.min_judged * r["n_turns"] or not r["n_scored"]:
+                eg = (r.get("failures") or [{}])[0].get("error", "")
+                short.append(f"{b}: {r['n_scored']} of {r['n_turns']} turns judged ({r['n_failed']} judge replies "
+                             f"failed, e.g. {eg!r})")
+            else:
+                print(f"{b}: avg {r['avg']} over {r['n_scored']} of {r['n_turns']} turns judged "
+                      f"({r['n_failed']} judge failures)")
+        if short:
+            raise CareBotError("; ".join(short) + f": below --min-judged {cfg.min_judged}, no average reported (the "
+                               f"replies are in {Path(a.out) / 'consult'}/<bench>/scores.jsonl)")
     else:
         ans_b = {str(r["id"]): r["answer"] for r in _jsonl(Path(a.answers_b))} if a.answers_b else None
         eng_b = dataclasses.replace(cfg.engine, model=a.model_b) if a.model_b else None
         name_b = Path(a.model_b).name if a.model_b else (Path(a.answers_b).stem if a.answers_b else "reference")
         doc = run_pairwise(cfg, ans_b, name_b, eng_b)
-        print(json.dumps(doc["pairwise"]))
+        pw = doc["pairwise"]
+        print(json.dumps(pw))
+        if pw["n"] - pw["failed"] < cfg.min_judged * pw["n"] or pw["failed"] == pw["n"]:
+            raise CareBotError(f"pairwise {pw['bench']}: {pw['n'] - pw['failed']} of {pw['n']} questions judged both "
+                               f"ways: below --min-judged {cfg.min_judged}, no tally reported")
     return 0
 
 

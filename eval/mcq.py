@@ -217,7 +217,9 @@ def describe_items(name: str, info: dict) -> list[str]:
     out = []
     subj = {k: v for k, v in info["subjects"].items() if k}
     if info["subset"]:
-        kind = "subject-stratified" if len(info["subjects"]) > 1 else "random"
+        from eval.benchmarks import sampling_kind
+
+        kind = sampling_kind(info["subjects"])
         counts = f" ({', '.join(f'{k} {v}' for k, v in subj.items())})" if subj else ""
         out.append(f"{name}: seeded (seed {info['limit_seed']}) {kind} subset of {info['n']} of {info['n_total']} "
                    f"items{counts}")

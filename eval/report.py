@@ -17,7 +17,7 @@ from pathlib import Path
 from carebot.config import parse_command
 from carebot.errors import InputError
 from carebot.io import write_text
-from eval.benchmarks import BENCHMARKS, TABLE1
+from eval.benchmarks import BENCHMARKS, TABLE1, sampling_kind
 
 COLUMNS = TABLE1 + ["medmcqa", "pubmedqa"]  # Table 1's five, then the two only in the paper's Figure 2
 DIMS = ["fluency", "relevance", "completeness", "proficiency"]
@@ -75,9 +75,10 @@ def mcq_markdown(summary: dict) -> str:
                      f"| {100 * r['acc_norm_mean']:.2f} ± {100 * r['acc_norm_std']:.2f} | {len(r['runs'])} | {top} |")
     subsets = [r for r in summary["benchmarks"].values() if r.get("subset")]
     if subsets:
-        lines += ["", "Subsets (seeded, subject-stratified; not comparable to full-benchmark numbers): " + "; ".join(
-            f"{r['title']} seed {r['limit_seed']}: " + (", ".join(f"{k} {v}" for k, v in (r.get("subjects") or {}).items() if k)
-                                                       or f"{r['n']} items") for r in subsets) + "."]
+        lines += ["", "Subsets (seeded; not comparable to full-benchmark numbers): " + "; ".join(
+            f"{r['title']} seed {r['limit_seed']}: {sampling_kind(r.get('subjects'))} sample, " +
+            (", ".join(f"{k} {v}" for k, v in (r.get("subjects") or {}).items() if k) or f"{r['n']} items")
+            for r in subsets) + "."]
     dropped = dropped_text(summary["benchmarks"])
     if dropped:
         lines += ["", dropped]
@@ -111,6 +112,28 @@ def load_run(run_dir: str | Path) -> dict:
     return run
 
 
+def label_runs(runs: list[dict]) -> list[dict]:
+    """Every run's row label unique: a model evaluated in several run dirs is `model · run` (the dirs' paths
+    below their common folder), so two runs of one model are never two rows of the same name."""
+    import os
+    from collections import Counter
+
+    seen = Counter(r["name"] for r in runs)
+    for name in [n for n, c in seen.items() if c > 1]:
+        same = [r for r in runs if r["name"] == name]
+        root = os.path.commonpath([str(Path(r["dir"]).resolve().parent) for r in same])
+        for r in same:
+            r["name"] = f"{name} · {Path(r['dir']).resolve().relative_to(root)}"
+    return runs
+
+
+def reported_label(name: str, source: str) -> str:
+    """A baseline's row label says it was not evaluated here: `(paper)` for the CareBot paper's rows,
+    `(reported)` for a baselines file's."""
+    tag = "(paper)" if source.startswith("CareBot paper") else "(reported)"
+    return name if name.endswith(tag) else f"{name} {tag}"
+
+
 def load_baselines(path: str | Path) -> list[dict]:
     """A baselines results file, or "paper" for the CareBot paper's own tables (eval/paper_baselines.py)."""
     p = Path(path)
@@ -128,7 +151,7 @@ def load_baselines(path: str | Path) -> list[dict]:
         bad = [k for k in m.get("scores", {}) if k not in BENCHMARKS]
         if bad:
             raise InputError(f"{p}: baseline {name!r}: unknown benchmark keys {bad}")
-        out.append({"name": name, "source": m["source"], "scores": m.get("scores", {}), "std": m.get("std", {}),
+        out.append({"name": reported_label(name, m["source"]), "source": m["source"], "scores": m.get("scores", {}), "std": m.get("std", {}),
                     "consult": m.get("consult", {})})
     return out
 
@@ -149,6 +172,7 @@ def table1_rows(runs: list[dict], baselines: list[dict]) -> list[dict]:
             rows.append({"name": r["name"], "source": f"evaluated here ({r['dir']})", "scores": scores_of(r),
                          "n": {b: {"n": x.get("n"), "n_total": x.get("n_total", x.get("n")), "subset": bool(x.get("subset"))}
                                for b, x in bs.items()},
+                         "sampling": {b: sampling_kind(x.get("subjects")) for b, x in bs.items() if x.get("subset")},
                          "subset": [b for b, x in bs.items() if x.get("subset")],
                          "top_answer_warnings": top_answer_warnings(bs)})
     for row in rows:
@@ -158,7 +182,7 @@ def table1_rows(runs: list[dict], baselines: list[dict]) -> list[dict]:
     return rows
 
 
-SUBSET_NOTE = "† subset: n of N items, seeded stratified sample; not comparable to full-benchmark numbers"
+SUBSET_NOTE = "† subset: n of N items, a seeded sample; not comparable to full-benchmark numbers"
 
 
 def table1_markdown(rows: list[dict]) -> str:
@@ -186,7 +210,8 @@ def table1_markdown(rows: list[dict]) -> str:
         cell += [score(r, k) for k in COLUMNS[5:]] + [avg(r, r["avg7"], COLUMNS)]
         lines.append(f"| {r['name']} | " + " | ".join(cell) + " |")
     if any_subset:
-        lines += ["", SUBSET_NOTE]
+        kinds = {BENCHMARKS[b].title: k for r in rows for b, k in (r.get("sampling") or {}).items()}
+        lines += ["", SUBSET_NOTE + " (" + "; ".join(f"{t}: {k}" for t, k in kinds.items()) + ")."]
     return "\n".join(lines)
 
 
@@ -242,11 +267,11 @@ def consult_markdown(runs: list[dict], baselines: list[dict]) -> tuple[str, dict
             benches.setdefault(bench, []).append((r["name"], {**res["dims"], "avg": res["avg"], "_res": res}))
     md = []
     for bench, rows in benches.items():
-        md += [f"### {bench}", "", "| Models | Fluency | Relevance | Completeness | Proficiency | Avg. | scored / failed |",
+        md += [f"### {bench}", "", "| Models | Fluency | Relevance | Completeness | Proficiency | Avg. | turns judged |",
                "|---|---|---|---|---|---|---|"]
         for name, d in rows:
             res = d.get("_res", {})
-            extra = f"{res.get('n_scored', '–')} / {res.get('n_failed', '–')}" if res else "(imported)"
+            extra = f"{res.get('n_scored', '–')} of {res.get('n_turns', '–')}" if res else "(reported)"
             md.append(f"| {name} | " + " | ".join(_fmt(d.get(k)) for k in DIMS) + f" | {_fmt(d.get('avg'))} | {extra} |")
         md.append("")
     pw = [(r["name"], r["judge"]["pairwise"]) for r in runs if (r.get("judge") or {}).get("pairwise")]
@@ -317,7 +342,7 @@ def build_report(run_dirs: list[str], out: str | Path, baselines: str | Path | N
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(d) for d in run_dirs]
+    runs = label_runs([load_run(d) for d in run_dirs])
     base = load_baselines(baselines) if baselines else []
     rows = table1_rows(runs, base)
     sig = significance(runs, alpha)

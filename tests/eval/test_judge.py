@@ -119,3 +119,30 @@ def test_pairwise_position_swap(tmp_path, data_root):
         assert srv.hits >= 16 and sum(srv.answered_keys.values()) == 16  # both orders asked for every question
     pw = doc["pairwise"]
     assert (pw["win"], pw["tie"], pw["loss"], pw["failed"]) == (0, 4, 4, 0)
+
+
+def test_judge_command_fails_when_most_turns_were_not_judged(tmp_path, data_root, tiny_llama3_lm_dir, capsys):
+    """With SmolLM2 as judge, 3 of 5 replies failed and the command still exited 0 with "avg 4.0 over 2 turns".
+    Now the line says how many of how many turns were judged, and below --min-judged (0.5) it is one error line,
+    exit 2, no average."""
+    from carebot import cli
+
+    path = _marked_dialogues(tmp_path, data_root)
+    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines()]
+    with FakeOpenAI(answer=judge_answer) as srv:
+        argv = lambda out: ["eval", "judge", "consult", "--model", str(tiny_llama3_lm_dir), "--out", str(out),
+                            "--benchmarks", "cmtmedqa", "--path", f"cmtmedqa={path}", "--judge-base-url", srv.base_url,
+                            "--judge-model", "fake-judge", "--max-new-tokens", "4", "--contamination", "off"]
+        assert cli.main(argv(tmp_path / "ok")) == 0  # d0 fails: most turns are still judged
+        out = capsys.readouterr().out
+        res = json.loads((tmp_path / "ok" / "judge_summary.json").read_text())["consult"]["cmtmedqa"]
+        assert f"over {res['n_scored']} of {res['n_turns']} turns judged" in out and res["n_failed"] > 0
+        for r in rows[:4]:  # now 4 of 6 dialogues always fail
+            r["messages"][0]["content"] += " ALWAYS_BAD"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        rc = cli.main(argv(tmp_path / "bad"))
+    cap = capsys.readouterr()
+    errors = [l for l in cap.err.splitlines() if "error:" in l]
+    res = json.loads((tmp_path / "bad" / "judge_summary.json").read_text())["consult"]["cmtmedqa"]
+    assert rc == 2 and len(errors) == 1 and "avg" not in cap.out, cap.err[-2000:]
+    assert f"{res['n_scored']} of {res['n_turns']} turns judged" in errors[0] and res["n_scored"] < res["n_turns"] / 2

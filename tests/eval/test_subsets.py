@@ -3,6 +3,7 @@ limits and --subjects, every item the loader drops counted, short CSV rows named
 contamination check recorded, and subset scores marked in both reports. Real data via data_dir()."""
 import collections
 import json
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,32 @@ def test_mcq_end_to_end_subset_line_and_report(tiny_llama3_lm_dir, tmp_path, cap
     assert cli.main(["eval", "report", "--runs", str(out), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
     assert f"† (n 30 of {n_mm})" in text and "† (n 8 of " in text and SUBSET_NOTE in text
+
+
+def test_report_labels_marks_and_one_sampling_wording(tmp_path):
+    """Three details a user tripped over in `eval report` over runs from several directories: two runs of one
+    model had the same row label; the paper's rows (ChatGPT, ...) were not marked as the paper's inside the
+    table; MedQA's subset was "random" in the run's lines but "stratified" in the reports."""
+    runs = []
+    for where in ("a/run", "b/run"):  # the same model evaluated twice, in two run dirs
+        run = tmp_path / where
+        run.mkdir(parents=True)
+        bs = {"medqa": _bench("MedQA", 8, 1273), "mmlu_med": _bench("MMLU-Med", 30, 1089)}
+        bs["mmlu_med"]["subjects"] = {"anatomy": 10, "virology": 20}
+        bs["medqa"]["subjects"] = {"": 8}
+        (run / "mcq_summary.json").write_text(json.dumps({"model": "m", "model_dir": "d", "kind": "mcq",
+                                                          "benchmarks": bs, "contamination": {"skipped": "off"}}))
+        runs.append(str(run))
+    rep = build_report(runs, tmp_path / "rep", baselines="paper")
+    names = [r["name"] for r in rep["table1"]]
+    assert "m · a/run" in names and "m · b/run" in names and len(set(names)) == len(names)
+    text = (tmp_path / "rep" / "report.md").read_text()
+    lines = text.splitlines()
+    head = lines.index(next(x for x in lines if x.startswith("| Models | MedQA")))
+    table = lines[head + 2: lines.index("", head)]  # Table 1's rows
+    paper_rows = [x.split(" | ")[0][2:] for x in table if not x.startswith("| m · ")]
+    assert len(table) - len(paper_rows) == 2
+    assert "ChatGPT (paper)" in paper_rows and all(x.endswith("(paper)") for x in paper_rows), paper_rows
+    assert "(MedQA: random; MMLU-Med: subject-stratified)" in text
+    md = mcq_markdown(json.loads((Path(runs[0]) / "mcq_summary.json").read_text()))
+    assert "MedQA seed 0: random sample, 8 items" in md and "MMLU-Med seed 0: subject-stratified sample, anatomy 10" in md
