@@ -43,6 +43,8 @@ setup(
         "gpu": ["transformer-engine[pytorch]"],
         # the lm-eval parity test (eval/mcq.py == lm-eval-harness, offline on local files)
         "test": ["pytest>=8.0", "lm-eval==0.4.13", "accelerate>=1.0"],
+        # `carebot data curate --executor ray` (datatrove's Ray executor; data_tools/curate/curate_ray.py)
+        "ray": ["ray==2.60.0"],
     },
     entry_points={"console_scripts": ["carebot=carebot.cli:main"]},
 )

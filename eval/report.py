@@ -113,14 +113,12 @@ def load_run(run_dir: str | Path) -> dict:
 
 
 def label_runs(runs: list[dict]) -> list[dict]:
-    """Every run's row label unique: a model evaluated in several run dirs is `model · run` (the dirs' paths
-    below their common folder), so two runs of one model are never two rows of the same name."""
+    """Unique row labels: a model evaluated in several run dirs is `model · run` (the path below their common dir)."""
     import os
-    from collections import Counter
 
-    seen = Counter(r["name"] for r in runs)
-    for name in [n for n, c in seen.items() if c > 1]:
-        same = [r for r in runs if r["name"] == name]
+    for name in {r["name"] for r in runs}:
+        if len(same := [r for r in runs if r["name"] == name]) < 2:
+            continue
         root = os.path.commonpath([str(Path(r["dir"]).resolve().parent) for r in same])
         for r in same:
             r["name"] = f"{name} · {Path(r['dir']).resolve().relative_to(root)}"
@@ -130,8 +128,7 @@ def label_runs(runs: list[dict]) -> list[dict]:
 def reported_label(name: str, source: str) -> str:
     """A baseline's row label says it was not evaluated here: `(paper)` for the CareBot paper's rows,
     `(reported)` for a baselines file's."""
-    tag = "(paper)" if source.startswith("CareBot paper") else "(reported)"
-    return name if name.endswith(tag) else f"{name} {tag}"
+    return name if name.endswith(tag := "(paper)" if source.startswith("CareBot paper") else "(reported)") else f"{name} {tag}"
 
 
 def load_baselines(path: str | Path) -> list[dict]:

@@ -174,12 +174,14 @@ def finished(a: argparse.Namespace, out: Path) -> bool:
     return all(len(list((out / "logs" / s / "completions").glob("*"))) >= n for s, n in stage_tasks(a).items())
 
 
-def executors(a: argparse.Namespace, steps: dict[str, list], out: Path):
-    """One datatrove executor per stage, each depending on the one before; returns the last."""
+def executors(a: argparse.Namespace, steps: dict[str, list], out: Path) -> list:
+    """One datatrove executor per stage, in order; local and SLURM ones depend on the one before (run the last),
+    Ray ones do not (data_tools/curate/curate_ray.py runs them one by one)."""
     tasks = stage_tasks(a)
-    prev = None
+    prev, out_list = None, []
     for name in STAGES:
-        kw = dict(pipeline=steps[name], tasks=tasks[name], logging_dir=str(out / "logs" / name), depends=prev)
+        kw = dict(pipeline=steps[name], tasks=tasks[name], logging_dir=str(out / "logs" / name),
+                  depends=None if a.executor == "ray" else prev)
         if a.executor == "local":
             from datatrove.executor import LocalPipelineExecutor
 
@@ -196,10 +198,11 @@ def executors(a: argparse.Namespace, steps: dict[str, list], out: Path):
                                          mem_per_cpu_gb=a.mem_per_cpu_gb, env_command=a.env_command,
                                          slurm_logs_folder=str(out / "logs" / name / "slurm"))
         else:
-            from datatrove.executor import RayPipelineExecutor
+            from data_tools.curate.curate_ray import ray_executor
 
-            prev = RayPipelineExecutor(**kw, workers=a.workers)
-    return prev
+            prev = ray_executor(kw, a)
+        out_list.append(prev)
+    return out_list
 
 
 def job_name(out: Path, stage: str) -> str:
@@ -340,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.add(sys.stderr)  # and this process's own records
         print(f"[curate] {a.executor}: {len(STAGES)} stages, task logs in {out / 'logs'}/<stage>/logs/", file=stderr)
         try:
-            executors(a, pipelines(a, files, out), out).run()
+            execs = executors(a, pipelines(a, files, out), out)
+            if a.executor == "ray":
+                from data_tools.curate.curate_ray import run_stages
+
+                run_stages(execs, out)
+            else:
+                execs[-1].run()
         except InputError:  # bad input: nothing made from it is kept (the rerun starts over, once it is fixed)
             discard(out, logs=False)
             raise
