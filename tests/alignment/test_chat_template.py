@@ -3,6 +3,8 @@ is one line; with `chatml` it trains, and the loss mask covers exactly each assi
 end-of-turn token (not the newline ChatML puts after it)."""
 from __future__ import annotations
 
+import pytest
+
 from alignment.chat_data import render_dialogue, use_chat_template
 from carebot.tokenizer import load_tokenizer
 from tests.helpers import metrics, run_stage
@@ -34,6 +36,7 @@ def _sft(tmp_path, tok_dir, cmtmedqa, extra):
         "checkpoint.keep_best=false", *extra], check=False, timeout=600)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_sft_on_a_base_tokenizer_needs_a_named_template(tmp_path, chatml_base_tokenizer_dir, cmtmedqa):
     p = _sft(tmp_path / "none", chatml_base_tokenizer_dir, cmtmedqa, [])
     errors = [l for l in p.stderr.splitlines() if "error:" in l]

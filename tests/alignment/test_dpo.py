@@ -133,6 +133,7 @@ def _check_layout(tmp_path, precomputed_run, dpo_over, layout):
             assert abs(a - b) <= 1e-4 * max(abs(b), 1e-3), (k, got, ref)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_dpo_pp2_matches_single_process(tmp_path, precomputed_run, dpo_over):
     _check_layout(tmp_path, precomputed_run, dpo_over, ["parallel.pipeline=2"])
 

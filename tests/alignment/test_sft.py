@@ -107,6 +107,7 @@ def _check_layout(tmp_path, sft_run, layout):
         assert abs(a - b) / abs(b) < 1e-4, (got, ref)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_sft_tp2_matches_single_process(tmp_path, sft_run):
     _check_layout(tmp_path, sft_run, ["parallel.tensor=2"])
 

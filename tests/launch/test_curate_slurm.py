@@ -23,6 +23,7 @@ def wait_done(cluster, out: Path, stage: str = "5_write", n: int = 4, timeout: f
         time.sleep(1)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_curate_on_slurm_gives_the_local_buckets(slurm_cluster, tmp_path, data_root):
     inp = write_shards(corpus(data_root, 60), tmp_path / "in")
     curate(inp, tmp_path / "local", "--tasks", "1")

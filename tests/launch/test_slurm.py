@@ -140,6 +140,7 @@ def log_of(root: Path, name: str, job: str) -> str:
     return (root / "logs" / f"{name}-{job}.out").read_text()
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_cpt_over_two_nodes_with_torchrun_rendezvous(slurm_cluster, jobs):
     st = slurm_cluster.wait_job(jobs["two"], timeout=600)
     log = log_of(jobs["root"], "cpt-2nodes", jobs["two"])
@@ -152,6 +153,7 @@ def test_cpt_over_two_nodes_with_torchrun_rendezvous(slurm_cluster, jobs):
     assert m[-1]["loss"] < m[0]["loss"]
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_three_stage_chain_runs_in_order(slurm_cluster, jobs):
     chain = jobs["chain"]
     assert [n for n, _ in chain] == ["chain-0-stable", "chain-1-boost", "chain-2-convert"]
@@ -170,6 +172,7 @@ def test_three_stage_chain_runs_in_order(slurm_cluster, jobs):
     assert hf["num_hidden_layers"] == 2 and hf["hidden_size"] == 64
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_usr1_checkpoints_requeues_and_resumes_exactly(slurm_cluster, jobs):
     root, job = jobs["root"], jobs["usr1"]
     jobs["watcher"].join(timeout=900)

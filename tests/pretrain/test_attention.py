@@ -83,6 +83,7 @@ def test_sdpa_cpt_curve_equals_local(tmp_path, cpt, layout, nproc):
         assert abs(a - b) <= 1e-5 * abs(b), (sdpa, local)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_sdpa_packed_sft_curve_equals_local(tmp_path, small_tokenizer_dir, data_root):
     over = [f"data.tokenizer={small_tokenizer_dir}", f"data.data_path=[{data_root / 'dialogue' / 'cmtmedqa_test.jsonl'}]",
             "checkpoint.init_from=null", "train.epochs=null", "train.train_steps=10", "train.eval_interval=0",

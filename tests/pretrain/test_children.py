@@ -76,6 +76,7 @@ def test_trainer_checkpoint_writer_dies_with_it(tmp_path, cpt_prefixes, small_to
     assert _kill_when(cmd, lambda seen: (out / "checkpoints" / "latest").exists()) == []
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
 def test_ranks_die_with_torchrun(tmp_path, cpt_prefixes, small_tokenizer_dir):
     """kill -9 of torchrun (2 ranks, TP2) used to leave every rank training under PID 1, writing checkpoints:

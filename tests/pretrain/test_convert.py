@@ -268,6 +268,7 @@ def test_tp_not_dividing_kv_heads_is_one_clear_line(tmp_path, tiny_hf, cmd, caps
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_init_from_an_hf_dir_takes_its_architecture(tmp_path, tiny_hf, small_tokenizer_dir, cpt_prefixes):
     """`checkpoint.init_from` may be an HF model dir: converted once into the run dir, its architecture read
     from it (stable_cpt.yaml states none: the LLaMA-3-8B defaults never apply); a stated value that disagrees

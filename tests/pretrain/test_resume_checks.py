@@ -22,6 +22,7 @@ def base(cpt_prefixes, small_tokenizer_dir) -> list[str]:
             "optim.lr=1e-3", "optim.min_lr=1e-4"]
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_resume_refuses_a_changed_run_and_records_an_override(tmp_path, base, cpt_prefixes):
     import torch
 

@@ -18,6 +18,7 @@ def _run(tmp_path, name, over, nproc=1) -> tuple[list[float], str]:
     return [r["loss"] for r in metrics(tmp_path / name)], line
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_recompute_reaches_megatron_and_is_exact(tmp_path, base):
     ref, line = _run(tmp_path, "none", base)
     assert "recompute_granularity=None" in line
@@ -31,6 +32,7 @@ def test_recompute_reaches_megatron_and_is_exact(tmp_path, base):
         assert losses == pytest.approx(ref, rel=1e-6, abs=0), (name, losses, ref)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_overlapped_grad_reduce_matches_plain_dp2(tmp_path, base):
     ref, line = _run(tmp_path, "plain", base, nproc=2)
     assert "overlap_grad_reduce=False" in line

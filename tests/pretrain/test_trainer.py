@@ -53,8 +53,9 @@ def reference_losses(tmp_path_factory, base, init_ckpt) -> list[float]:
     return [r["loss"] for r in metrics(out)]
 
 
-@pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.pipeline=2"], []],
-                         ids=["tp2", "pp2", "dp2"])
+@pytest.mark.parametrize("layout", [pytest.param(["parallel.tensor=2"], id="tp2", marks=pytest.mark.slow),
+                                    pytest.param(["parallel.pipeline=2"], id="pp2", marks=pytest.mark.slow),
+                                    pytest.param([], id="dp2")])  # tp2/pp2 are in the slow set (.ci/run runs it)
 def test_parallel_layouts_match_single_process(tmp_path, base, init_ckpt, reference_losses, layout):
     """Loaded resharded from the TP=PP=1 checkpoint, 2-process runs reproduce the single-process curve."""
     run_pretrain(tmp_path, base + layout + ["train.train_steps=5", f"checkpoint.init_from={init_ckpt}"], nproc=2)
@@ -65,6 +66,7 @@ def test_parallel_layouts_match_single_process(tmp_path, base, init_ckpt, refere
     assert losses[-1] < losses[0]  # it trained
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_tied_embeddings_checksum_and_loss_at_pp2(tmp_path, base):
     """With tied embeddings the last pipeline stage holds a copy of the embedding: the init checksum counts it
     once (before: twice, so a PP2 run's checksum never matched its own checkpoint's) and step 1 matches PP1."""
@@ -107,6 +109,7 @@ def test_exact_resume_is_bitwise(tmp_path, base, straight_run):
     assert [r["grad_norm"] for r in resumed[10:]] == [r["grad_norm"] for r in straight[10:]]
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_signal_to_the_whole_process_group_after_a_save(tmp_path, base):
     """SLURM's `--signal=USR1@T` / `scancel --signal` / preemption's SIGTERM reach every process of the job step,
     helpers too: megatron's checkpoint writer keeps a multiprocessing Manager alive after the first save, and a
@@ -186,6 +189,7 @@ def test_bad_input_is_one_clear_line(tmp_path, base, override, needle, capsys):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_empty_split_is_a_clear_error_not_a_hang(tmp_path, base, cpt_prefixes, small_tokenizer_dir, data_root):
     """A 20-document bucket at split 99,1,0 has an empty valid split, on which megatron's GPTDataset loops
     forever; we stop first with one line (exit 2), and the suggested split trains."""

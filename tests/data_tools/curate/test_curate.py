@@ -71,6 +71,7 @@ def models(tmp_path_factory, data_root) -> list[str]:
     return ["--domain-model", str(d / "domain"), "--datarater-model", str(d / "datarater")]
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_same_buckets_from_one_task_and_four_tasks_two_workers(tmp_path, data_root, models):
     inp = write_shards(corpus(data_root), tmp_path / "in")
     curate(inp, tmp_path / "one", *models, "--tasks", "1", "--hq-top-frac", "0.4")
@@ -142,6 +143,7 @@ def test_near_duplicates_across_shards_lose_exactly_one_member(tmp_path, data_ro
     assert len(unplanted) <= len(today)
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_kill_9_anywhere_then_rerun_gives_the_same_bytes(tmp_path, data_root):
     inp = write_shards(corpus(data_root, 100), tmp_path / "in")
     args = ["--tasks", "4", "--workers", "2"]

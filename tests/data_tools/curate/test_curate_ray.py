@@ -33,7 +33,8 @@ def _ray_ready() -> str | None:
 WHY = _ray_ready()
 if WHY and os.environ.get("CAREBOT_REQUIRE_RAY"):
     raise RuntimeError(f"CAREBOT_REQUIRE_RAY is set but {WHY}")
-pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
+pytestmark = [pytest.mark.skipif(WHY is not None, reason=WHY or ""),
+              pytest.mark.slow]  # a Ray runtime and three pipelines: the slow set (.ci/run runs it)
 
 
 def ray_curate(inp: Path, out: Path, *args: str) -> subprocess.Popen:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from data_tools.curate import encoder as E
 from tests.helpers import REPO, read_jsonl
@@ -26,6 +27,7 @@ def _cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "emb"
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_parallel_runs_lose_no_cache_entry(tmp_path, monkeypatch, data_root):
     emb = _cache(tmp_path, monkeypatch)
     texts = [r["text"] for r in read_jsonl(data_root / "general" / "wikitext2_paragraphs_en.jsonl", 120)]
