@@ -32,12 +32,13 @@ from typing import Any, Callable, Iterable
 
 import openai
 
+from carebot.llm_reply import Validator, extract_json, make_validator, schema_of  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 UNREACHABLE_AFTER = 2  # connection failures in a row, before any reply, that mark the server as down
 _TOKEN = re.compile(r"((?:Bearer|api[_-]?key[\"']?\s*[:=]\s*[\"']?)\s*)[A-Za-z0-9._\-]{8,}", re.I)
-Validator = Callable[[Any], Any]
 
 
 @dataclass(kw_only=True)
@@ -55,6 +56,9 @@ class LLMConfig:
     temperature: float = 0.0
     max_tokens: int = 512
     json_mode: bool = False  # send response_format={"type": "json_object"} (OpenAI, vLLM, SGLang support it)
+    # "auto": send the validator's JSON schema as response_format (json_schema: OpenAI, vLLM, SGLang, llama.cpp's
+    # server); the first 4xx that refuses it turns it off for this endpoint. "off": never send it.
+    structured: str = "auto"
     cache_path: str | None = None  # SQLite file; None disables the cache
     price_in_per_1m: float = 0.0  # USD per 1M prompt tokens, for the cost estimate
     price_out_per_1m: float = 0.0
@@ -75,6 +79,7 @@ class Result:
     ok: bool = False
     error: str | None = None
     cached: bool = False
+    raw: str | None = None  # the last reply of an item given up on (for the listing of failures)
 
 
 @dataclass
@@ -88,6 +93,9 @@ class LLMStats:
     retries_timeout: int = 0
     retries_other: int = 0
     reasks: int = 0  # re-asks after parse/validation failure
+    first_valid: int = 0  # answers valid at the first reply
+    after_reask: int = 0  # answers valid only after one or more re-asks
+    response_format: str = "none"  # "json_schema" (the server took it), "refused" (it said no), "none" (never sent)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -97,55 +105,11 @@ class LLMStats:
 
 
 class LLMError(RuntimeError):
-    """An item failed after all retries (transport or parsing)."""
+    """An item failed after all retries (transport or parsing); `raw` is its last reply, if any."""
 
-
-# ----------------------------------------------------------------------------- parsing / validation
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
-
-
-def extract_json(text: str) -> Any:
-    """Parse a JSON value from a model reply: bare JSON, a ```json fence, or the first {...} span."""
-    text = text.strip()
-    cands = [text] + _FENCE.findall(text)
-    i, j = text.find("{"), text.rfind("}")
-    if 0 <= i < j:
-        cands.append(text[i : j + 1])
-    for c in cands:
-        try:
-            return json.loads(c)
-        except (json.JSONDecodeError, ValueError):
-            continue
-    raise ValueError(f"reply is not JSON: {text[:200]!r}")
-
-
-def make_validator(validate: Any) -> Validator:
-    """Turn a pydantic model class / JSON-schema dict / callable / None into callable(obj) -> value."""
-    if validate is None:
-        return lambda obj: obj
-    if isinstance(validate, dict):
-        import jsonschema
-
-        checker = jsonschema.Draft202012Validator(validate)
-
-        def _schema(obj: Any) -> Any:
-            errs = sorted(checker.iter_errors(obj), key=str)
-            if errs:
-                raise ValueError(f"schema violation: {errs[0].message}")
-            return obj
-
-        return _schema
-    if isinstance(validate, type) and hasattr(validate, "model_validate"):
-        import pydantic
-
-        def _pyd(obj: Any) -> Any:
-            try:
-                return validate.model_validate(obj).model_dump()
-            except pydantic.ValidationError as e:
-                raise ValueError(str(e).splitlines()[0] + ": " + str(e.errors()[0]["msg"])) from None
-
-        return _pyd
-    return validate
+    def __init__(self, message: str, raw: str | None = None):
+        super().__init__(message)
+        self.raw = raw
 
 
 # ----------------------------------------------------------------------------- cache
@@ -197,6 +161,13 @@ class AsyncLLMClient:
         self._client = openai.AsyncOpenAI(base_url=config.base_url, api_key=key, timeout=config.timeout_s, max_retries=0)
         self.cache = DiskCache(config.cache_path) if config.cache_path else None
         self._sem: asyncio.Semaphore | None = None
+        self._schema_ok: bool | None = None  # does this endpoint take response_format json_schema? None: not asked yet
+
+    def _with_format(self, params: dict[str, Any], schema: dict[str, Any] | None) -> dict[str, Any]:
+        """`params` plus the structured-output request, unless it is off or this endpoint refused it."""
+        if schema is None or self.config.structured != "auto" or self._schema_ok is False:
+            return params
+        return {**params, "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}}
 
     def _params(self, overrides: dict[str, Any]) -> dict[str, Any]:
         p: dict[str, Any] = {"temperature": self.config.temperature, "max_tokens": self.config.max_tokens}
@@ -240,6 +211,8 @@ class AsyncLLMClient:
                 resp = await asyncio.wait_for(self._client.chat.completions.create(model=c.model, messages=messages, **params),
                                               min(c.timeout_s, left))
                 self._answered = True
+                if "response_format" in params and params["response_format"].get("type") == "json_schema":
+                    self._schema_ok, self.stats.response_format = True, "json_schema"
                 text = resp.choices[0].message.content
                 if text is None:
                     raise ValueError("empty message content")
@@ -262,6 +235,9 @@ class AsyncLLMClient:
                 last = e
             except openai.APIStatusError as e:
                 self._answered = True
+                if e.status_code in (400, 422) and self._refuses_schema(params):
+                    # asked again at once without it: a refusal is an answer, not a fault
+                    return await self._complete(messages, {k: v for k, v in params.items() if k != "response_format"})
                 if e.status_code < 500 and e.status_code not in (408, 409):
                     raise LLMError(self.redact(f"HTTP {e.status_code} (not retried): {str(e)[:200]}")) from None
                 self.stats.retries_5xx += 1
@@ -282,19 +258,32 @@ class AsyncLLMClient:
         why = f"{type(last).__name__}: {str(last)[:200]}" if last else "no attempt left"
         raise LLMError(self.redact(f"gave up after {attempt + 1} attempts ({c.deadline_s:g} s deadline): {why}"))
 
+    def _refuses_schema(self, params: dict[str, Any]) -> bool:
+        """A 4xx to a request that carried our json_schema, from an endpoint not yet known to take it: mark it."""
+        rf = params.get("response_format")
+        if not (isinstance(rf, dict) and rf.get("type") == "json_schema") or self._schema_ok:
+            return False
+        if self._schema_ok is None:
+            log.warning("%s refused response_format json_schema: extracting JSON from replies and re-asking instead",
+                        self.config.base_url)
+        self._schema_ok, self.stats.response_format = False, "refused"
+        return True
+
     async def chat(self, messages: Messages, *, cache_tag: str = "", **params: Any) -> str:
         """Plain text reply (cached)."""
         return (await self._chat_validated(messages, None, cache_tag, params))[0]
 
     async def chat_json(self, messages: Messages, validate: Any = None, *, cache_tag: str = "", **params: Any) -> Any:
         """Reply parsed as JSON and validated; re-asks on failure; raises LLMError when it gives up."""
-        return (await self._chat_validated(messages, make_validator(validate), cache_tag, params, as_json=True))[0]
+        return (await self._chat_validated(messages, make_validator(validate), cache_tag, params, as_json=True,
+                                           schema=schema_of(validate)))[0]
 
     async def _chat_validated(
-        self, messages: Messages, validator: Validator | None, tag: str, overrides: dict[str, Any], as_json: bool = False
+        self, messages: Messages, validator: Validator | None, tag: str, overrides: dict[str, Any], as_json: bool = False,
+        schema: dict[str, Any] | None = None,
     ) -> tuple[Any, bool]:
         params = self._params(overrides)
-        key = cache_key(self.config.model, messages, params, tag)
+        key = cache_key(self.config.model, messages, params, tag)  # how we ask for JSON is not part of what we ask
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -305,9 +294,9 @@ class AsyncLLMClient:
         for attempt in range(self.config.parse_retries + 1):
             if self._sem is not None:
                 async with self._sem:
-                    text = await self._complete(convo, params)
+                    text = await self._complete(convo, self._with_format(params, schema) if as_json else params)
             else:
-                text = await self._complete(convo, params)
+                text = await self._complete(convo, self._with_format(params, schema) if as_json else params)
             try:
                 value = validator(extract_json(text)) if as_json else text
             except (ValueError, TypeError, KeyError) as e:
@@ -322,8 +311,13 @@ class AsyncLLMClient:
             if self.cache is not None:
                 self.cache.put(key, {"value": value, "text": text})
             self.stats.answers += 1
+            if attempt == 0:
+                self.stats.first_valid += 1
+            else:
+                self.stats.after_reask += 1
             return value, False
-        raise LLMError(self.redact(f"invalid answer after {self.config.parse_retries + 1} tries: {err[:300]}"))
+        raise LLMError(self.redact(f"invalid answer after {self.config.parse_retries + 1} tries: {err[:300]}"),
+                       raw=self.redact(text[:2000]))
 
     async def map_json(
         self,
@@ -340,18 +334,19 @@ class AsyncLLMClient:
         from tqdm.auto import tqdm
 
         reqs = list(requests)
-        validator = make_validator(validate)
+        validator, schema = make_validator(validate), schema_of(validate)
         self._sem = asyncio.Semaphore(self.config.concurrency)
         out: list[Result | None] = [None] * len(reqs)
         bar = tqdm(total=len(reqs), desc=desc, disable=not progress)
 
         async def one(i: int, r: Request) -> None:
             try:
-                value, cached = await self._chat_validated(r.messages, validator, r.cache_tag, r.params, as_json=True)
+                value, cached = await self._chat_validated(r.messages, validator, r.cache_tag, r.params, as_json=True,
+                                                           schema=schema)
                 res = Result(r.id, value, True, None, cached)
             except LLMError as e:
                 self.stats.failures += 1
-                res = Result(r.id, None, False, str(e))
+                res = Result(r.id, None, False, str(e), raw=e.raw)
             out[i] = res
             if on_result is not None:
                 on_result(res)

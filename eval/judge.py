@@ -144,10 +144,19 @@ def validate_scores(obj) -> dict:
     return {k: obj[k] for k in DIMS}
 
 
+validate_scores.json_schema = {  # what a server's structured output can enforce; validate_scores still checks
+    "type": "object", "required": list(DIMS), "additionalProperties": False,
+    "properties": {**{k: {"type": "integer", "minimum": 1, "maximum": 5} for k in DIMS}, "reason": {"type": "string"}}}
+
+
 def validate_winner(obj) -> str:
     if not isinstance(obj, dict) or set(obj) - {"winner", "reason"} or str(obj.get("winner")) not in ("1", "2", "tie"):
         raise ValueError('expected {"winner": "1" | "2" | "tie"}')
     return str(obj["winner"])
+
+
+validate_winner.json_schema = {"type": "object", "required": ["winner"], "additionalProperties": False,
+                               "properties": {"winner": {"type": "string", "enum": ["1", "2", "tie"]}, "reason": {"type": "string"}}}
 
 
 def _dialogue_text(history: list[dict]) -> str:
@@ -243,14 +252,16 @@ def run_consult(cfg: JudgeConfig) -> dict:
         before = client.stats.as_dict()
         results = client.map_json(reqs, validate=validate_scores, desc=f"judge {bench}")
         scores = {r.id.split("/", 1)[1]: (r.value if r.ok else None) for r in results}
-        failures = [{"id": r.id, "error": r.error} for r in results if not r.ok]
+        failures = [{"id": r.id, "error": r.error, "raw": r.raw} for r in results if not r.ok]
         write_text(out / "consult" / bench / "scores.jsonl",
                      "".join(json.dumps({"id": r.id, "ok": r.ok, "scores": r.value, "error": r.error}, ensure_ascii=False) + "\n"
                              for r in results))
         res = aggregate(turns, scores)
         res["failures"] = failures[:20]
         after = client.stats.as_dict()
-        stats = {k: after[k] - before[k] for k in ("requests", "cache_hits", "answers", "failures", "reasks")}
+        stats = {k: after[k] - before[k] for k in ("requests", "cache_hits", "answers", "failures", "reasks",
+                                                   "first_valid", "after_reask")}
+        stats["response_format"] = after["response_format"]
         # transport retries (429 / 5xx / timeouts / broken bodies) apart from judge-format re-asks
         stats["transport_retries"] = sum(after[k] - before[k] for k in after if k.startswith("retries_"))
         doc = _merge_summary(out, name, bench, res, stats)

@@ -61,6 +61,9 @@ def _validator(taxonomy: list[str]):
             raise ValueError(f"domain {v['domain']!r} not in {taxonomy}")
         return v
 
+    check.json_schema = {**LabelAnswer.model_json_schema(),  # what a server's structured output can enforce
+                         "properties": {**LabelAnswer.model_json_schema()["properties"],
+                                        "domain": {"type": "string", "enum": list(taxonomy)}}}
     return check
 
 
@@ -117,7 +120,8 @@ async def run_label(items: list[dict], cfg: LabelConfig, progress: bool = True) 
         answers = [rs[i] for rs in per_round]
         raw.append({"id": it["id"], "answers": [a.value if a.ok else {"error": a.error} for a in answers]})
         if not all(a.ok for a in answers):
-            dropped.append({**it, "reason": "llm_failed", "error": next(a.error for a in answers if not a.ok)})
+            bad = next(a for a in answers if not a.ok)
+            dropped.append({**it, "reason": "llm_failed", "error": bad.error, "raw": bad.raw})
             continue
         vals = [a.value for a in answers]
         ok, why = consistent(vals, cfg.score_gap)

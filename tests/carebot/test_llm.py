@@ -189,3 +189,60 @@ def test_an_unreachable_endpoint_fails_fast(tmp_path, data_root, capsys):
     err = [l for l in capsys.readouterr().err.splitlines() if "error:" in l]
     assert time.monotonic() - t0 < 20 and len(err) == 1 and "0 pairs" in err[0]
     assert not (tmp_path / "o" / "pairs.jsonl").exists()
+
+
+class _RefusesSchema(FakeOpenAI):
+    """A server without structured output (as llama.cpp builds without grammar support, or older vLLM): 400 to
+    any request that carries response_format json_schema."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.with_format = 0
+
+    def respond(self, body: dict):
+        if "response_format" in body:
+            with self._lock:
+                self.with_format += 1
+            return 400, b'{"error": {"message": "response_format json_schema is not supported"}}', {}
+        return super().respond(body)
+
+
+def test_structured_output_sent_when_taken_and_dropped_once_when_refused(tmp_path):
+    seen = []
+
+    def answer(messages, body):
+        seen.append(body.get("response_format"))
+        return '{"domain": "medical", "quality": 3}'
+
+    with FakeOpenAI(answer=answer) as srv:
+        cli = LLMClient(_cfg(srv, tmp_path, cache_path=None))
+        out = cli.map_json([Request(str(i), _msgs(f"doc {i}")) for i in range(4)], Label, progress=False)
+        assert all(r.ok for r in out) and cli.stats.response_format == "json_schema"
+        assert all(f and f["type"] == "json_schema" and f["json_schema"]["schema"] == Label.model_json_schema() for f in seen)
+        assert cli.stats.first_valid == 4 and cli.stats.after_reask == 0
+    with _RefusesSchema(answer=lambda m, b: '{"domain": "medical", "quality": 3}') as srv:
+        cli = LLMClient(_cfg(srv, tmp_path, cache_path=None, concurrency=1))
+        out = cli.map_json([Request(str(i), _msgs(f"doc {i}")) for i in range(4)], Label, progress=False)
+        assert all(r.ok for r in out), [r.error for r in out]
+        assert cli.stats.response_format == "refused" and srv.with_format == 1  # asked once, then never again
+        assert cli.stats.first_valid == 4 and cli.stats.failures == 0
+    with FakeOpenAI(answer=lambda m, b: '{"domain": "medical", "quality": 3}') as srv:
+        cli = LLMClient(_cfg(srv, tmp_path, cache_path=None, structured="off"))
+        cli.chat_json(_msgs("x"), Label)
+        assert cli.stats.response_format == "none"
+
+
+def test_counts_first_valid_after_reask_and_given_up_with_its_raw_reply(tmp_path):
+    replies = {"a": iter(['{"domain": "medical", "quality": 4}']),
+               "b": iter(["Sure! The domain is medical.", '{"domain": "medical", "quality": 2}']),
+               "c": iter(["no idea", "still no idea", "I cannot answer that"])}
+
+    def answer(messages, body):
+        return next(replies[messages[0]["content"].split("<document>\n")[1][0]])
+
+    with FakeOpenAI(answer=answer) as srv:
+        cli = LLMClient(_cfg(srv, tmp_path, cache_path=None, parse_retries=2, concurrency=1))
+        out = {r.id: r for r in cli.map_json([Request(k, _msgs(k)) for k in "abc"], Label, progress=False)}
+    assert out["a"].ok and out["b"].ok and not out["c"].ok
+    assert (cli.stats.first_valid, cli.stats.after_reask, cli.stats.failures) == (1, 1, 1)
+    assert out["c"].raw == "I cannot answer that" and out["a"].raw is None

@@ -69,7 +69,7 @@ def cpt(cpt_prefixes, small_tokenizer_dir) -> list[str]:
     return tiny_cpt_overrides(cpt_prefixes, small_tokenizer_dir, global_batch=4, steps=10)
 
 
-LAYOUTS = [pytest.param([], 1, id="tp1"),
+LAYOUTS = [pytest.param([], 1, id="tp1", marks=pytest.mark.slow),
            pytest.param(["parallel.tensor=2"], 2, id="tp2", marks=pytest.mark.slow),
            pytest.param(["parallel.pipeline=2"], 2, id="pp2", marks=pytest.mark.slow)]
 

@@ -326,7 +326,7 @@ def family_hf(out: Path, family: str, tokenizer_dir: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=[pytest.mark.slow] if f == "llama3.1" else []) for f in sorted(FAMILY)])
+@pytest.mark.parametrize("family", [pytest.param(f, marks=[pytest.mark.slow]) for f in sorted(FAMILY)])
 def test_family_round_trip_bitwise_and_logits_parity(tmp_path, small_tokenizer_dir, family):
     """HF -> Megatron -> HF bitwise (config fields kept), and megatron logits equal HF's at TP1, TP2 and PP2."""
     hf = family_hf(tmp_path / family, family, small_tokenizer_dir)

@@ -55,7 +55,7 @@ def reference_losses(tmp_path_factory, base, init_ckpt) -> list[float]:
 
 @pytest.mark.parametrize("layout", [pytest.param(["parallel.tensor=2"], id="tp2", marks=pytest.mark.slow),
                                     pytest.param(["parallel.pipeline=2"], id="pp2", marks=pytest.mark.slow),
-                                    pytest.param([], id="dp2")])  # tp2/pp2 are in the slow set (.ci/run runs it)
+                                    pytest.param([], id="dp2", marks=pytest.mark.slow)])  # the slow set (.ci/run runs it)
 def test_parallel_layouts_match_single_process(tmp_path, base, init_ckpt, reference_losses, layout):
     """Loaded resharded from the TP=PP=1 checkpoint, 2-process runs reproduce the single-process curve."""
     run_pretrain(tmp_path, base + layout + ["train.train_steps=5", f"checkpoint.init_from={init_ckpt}"], nproc=2)
@@ -164,6 +164,7 @@ def test_stable_to_boost_weights_and_schedule(tmp_path, base, straight_run):
     assert boost[0]["loss"] < metrics(straight_run)[0]["loss"] - 0.5
 
 
+@pytest.mark.slow  # multi-process / cluster run: the slow set (.ci/run runs it)
 def test_min_lr_zero_still_trains_the_last_step(tmp_path, base):
     """min_lr 0: no step trains at lr 0 (before: the last step did, so a 1-step run changed no weight)."""
     run_pretrain(tmp_path, base + ["train.train_steps=1", "optim.min_lr=0", "optim.lr=1e-3"])
