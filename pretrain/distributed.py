@@ -39,13 +39,15 @@ def init(parallel: ParallelConfig, seed: int) -> None:
         raise ConfigError(f"world size {world} is not divisible by tensor x pipeline = {parallel.tensor} x "
                           f"{parallel.pipeline}")
     if not dist.is_initialized():
+        # A single process that no launcher started gets a port of its own, without writing it into os.environ:
+        # a MASTER_PORT left there would be inherited by every child (tests, `carebot experiment`) and collide.
+        init_method = "env://"
         if world == 1 and "MASTER_ADDR" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            init_method = f"tcp://127.0.0.1:{_free_port()}"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
-                                init_method="env://", timeout=timedelta(minutes=30))
+                                init_method=init_method, timeout=timedelta(minutes=30))
     if not mpu.model_parallel_is_initialized():
         mpu.initialize_model_parallel(tensor_model_parallel_size=parallel.tensor,
                                       pipeline_model_parallel_size=parallel.pipeline)

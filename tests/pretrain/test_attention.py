@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, metrics, run_stage, tiny_cpt_overrides
+from tests.helpers import REPO, metrics, refused_in_process, run_stage, tiny_cpt_overrides
 
 UNIT = r"""
 import torch
@@ -96,9 +96,9 @@ def test_sdpa_packed_sft_curve_equals_local(tmp_path, small_tokenizer_dir, data_
         assert abs(a - b) <= 1e-5 * abs(b), (sdpa, local)
 
 
-def test_unknown_or_impossible_backend_is_one_line(tmp_path, cpt):
+def test_unknown_or_impossible_backend_is_one_line(tmp_path, cpt, capsys):
     for backend, needle in (("flash", "one of auto, sdpa, local, te"), ("te", "needs Transformer Engine")):
-        p = run_stage("pretrain.train", "tiny_stable_cpt.yaml", tmp_path / backend,
-                      cpt + [f"model.attention_backend={backend}"], check=False)
-        err = [line for line in p.stderr.splitlines() if line.strip()]
-        assert p.returncode == 2 and needle in p.stderr and len(err) == 1, p.stderr[-2000:]
+        rc, stderr = refused_in_process(capsys, "pretrain", "tiny_stable_cpt.yaml", tmp_path / backend,
+                                        cpt + [f"model.attention_backend={backend}"])
+        err = [line for line in stderr.splitlines() if line.strip()]
+        assert rc == 2 and needle in stderr and len(err) == 1, stderr[-2000:]

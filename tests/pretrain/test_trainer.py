@@ -208,8 +208,11 @@ def test_empty_split_is_a_clear_error_not_a_hang(tmp_path, base, cpt_prefixes, s
     assert [r["step"] for r in metrics(tmp_path / "b")] == [1, 2]
 
 
-def test_bad_global_batch_is_one_clear_line(tmp_path, base):
-    p = run_pretrain(tmp_path, base + ["train.global_batch_size=6", "train.micro_batch_size=4"], check=False)
-    assert p.returncode == 2, p.stderr[-2000:]
-    assert "global_batch_size 6 is not divisible by micro_batch_size 4 x data-parallel size 1" in p.stderr
-    assert "Traceback" not in p.stderr
+def test_bad_global_batch_is_one_clear_line(tmp_path, base, capsys):
+    from tests.helpers import refused_in_process
+
+    rc, err = refused_in_process(capsys, "pretrain", "tiny_stable_cpt.yaml", tmp_path,
+                                 base + ["train.global_batch_size=6", "train.micro_batch_size=4"])
+    assert rc == 2, err[-2000:]
+    assert "global_batch_size 6 is not divisible by micro_batch_size 4 x data-parallel size 1" in err
+    assert "Traceback" not in err
