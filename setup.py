@@ -45,6 +45,9 @@ setup(
         "test": ["pytest>=8.0", "lm-eval==0.4.13", "accelerate>=1.0"],
         # `carebot data curate --executor ray` (datatrove's Ray executor; data_tools/curate/curate_ray.py)
         "ray": ["ray==2.60.0"],
+        # `carebot serve` (launch/serve.py): `transformers serve`, an OpenAI-compatible server of the pinned
+        # transformers (FastAPI + uvicorn), for the stages that ask an LLM
+        "serve": ["transformers[serving]==5.24.0"],
     },
     entry_points={"console_scripts": ["carebot=carebot.cli:main"]},
 )

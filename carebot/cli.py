@@ -56,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval report": ("eval.report:main", "Table-1 layout across models, paired t-tests, PNG plots"),
     "launch": ("launch.slurm_cli:main", "render / submit SLURM jobs and the stage chain"),
     "bench": ("launch.bench:main", "throughput benchmark: tokens/s/GPU, TFLOP/s, MFU"),
+    "serve": ("launch.serve:main", "an OpenAI-compatible server (transformers / llama.cpp / vllm) for the LLM stages"),
     "demo": ("launch.demo.run:main", "the whole pipeline on real data with tiny models on CPU"),
 }
 

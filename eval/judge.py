@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-model", default="gpt-4o")
     ap.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="NAME of the env variable holding the key")
     ap.add_argument("--judge-concurrency", type=int, default=8)
+    ap.add_argument("--judge-timeout", type=float, default=LLMConfig.timeout_s, help="seconds for one attempt")
     ap.add_argument("--judge-retries", type=int, default=2, help="re-asks after a malformed judge reply")
     ap.add_argument("--model-b", default=None, help="pairwise: model B directory")
     ap.add_argument("--answers-b", default=None, help="pairwise: model B answers, jsonl {id, answer}")
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="fail (exit 2, no average) when fewer turns than this share were judged")
     a = parse_command(ap, argv)
     llm = LLMConfig(base_url=a.judge_base_url, model=a.judge_model, api_key_env=a.judge_key_env,
-                    concurrency=a.judge_concurrency, parse_retries=a.judge_retries, temperature=0.0,
+                    concurrency=a.judge_concurrency, timeout_s=a.judge_timeout, parse_retries=a.judge_retries,
+                    temperature=0.0,
                     cache_path=str(Path(a.out) / "judge_cache.sqlite"))
     benches = tuple(a.benchmarks.split(",")) if a.benchmarks else (("cmtmedqa", "cmb_clin") if a.task == "consult" else ("huatuo26m",))
     cfg = JudgeConfig(out=a.out, llm=llm, engine=engine_from_args(a), name=a.name, benchmarks=benches,

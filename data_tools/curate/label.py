@@ -19,13 +19,13 @@ from typing import Any
 import pydantic
 
 from carebot.config import parse_command
-from carebot.errors import InputError
+from carebot.errors import CareBotError, InputError
 from carebot.io import iter_jsonl, require_records, write_json, write_jsonl, write_text
 from carebot.text import lang_of, record_text
 from carebot.llm import AsyncLLMClient, LLMConfig, Request
 
 RUBRIC = """You are a data-quality rater for a bilingual (Chinese/English) medical language-model corpus.
-Read the document and answer with ONLY a JSON object: {{"domain": <one of {taxonomy}>, "quality": <integer 0-5>, "reason": <short string>}}.
+Read the document and answer with ONLY a JSON object: {{"domain": <one of {taxonomy}>, "quality": <integer 0-5>, "reason": <at most 20 words>}}.
 
 domain: the main subject of the document{medical_hint}.
 quality (0 = useless, 5 = excellent), judged on:
@@ -44,6 +44,9 @@ class LabelConfig:
     score_gap: int = 2  # drop if |q1 - q2| >= score_gap (paper: "differ by about 2")
     max_chars: int = 2000  # documents are truncated in the prompt
     temperature: float = 0.7  # > 0 so the two rounds are independent samples
+    # what the answer needs (~20 tokens of JSON + a 20-word reason): a reply that runs on is cut here and re-asked,
+    # instead of costing the endpoint's default (often thousands of tokens)
+    max_tokens: int = 96
     llm: LLMConfig = field(default_factory=LLMConfig)
 
 
@@ -74,7 +77,7 @@ def build_messages(text: str, cfg: LabelConfig) -> list[dict[str, str]]:
 
 
 def requests_for(items: list[dict], cfg: LabelConfig, rnd: int) -> list[Request]:
-    return [Request(f"{it['id']}#r{rnd}", build_messages(it["text"], cfg), {"seed": rnd, "temperature": cfg.temperature}, f"label-r{rnd}")
+    return [Request(f"{it['id']}#r{rnd}", build_messages(it["text"], cfg), {"seed": rnd, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens}, f"label-r{rnd}")
             for it in items]
 
 
@@ -145,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backoff", type=float, default=LLMConfig.backoff_base_s, help="base backoff seconds")
     ap.add_argument("--taxonomy", default="medical,general")
     ap.add_argument("--score-gap", type=int, default=LabelConfig.score_gap)
+    ap.add_argument("--max-tokens", type=int, default=LabelConfig.max_tokens, help="cap on one answer's tokens")
+    ap.add_argument("--min-labelled", type=float, default=0.5,
+                    help="fail (exit 2) when fewer items than this share got a valid answer in every round")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--structured", choices=["auto", "off"], default=LLMConfig.structured,
+                    help="auto: ask for JSON-schema output where the endpoint takes it; off: never (parse and re-ask)")
     ap.add_argument("--cache", default=None, help="SQLite cache (default OUT/llm_cache.sqlite)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--allow-empty", action="store_true", help="an input with no documents is not an error")
@@ -155,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     llm = LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, concurrency=a.concurrency, timeout_s=a.timeout,
                     max_retries=a.max_retries, parse_retries=a.parse_retries, backoff_base_s=a.backoff, backoff_max_s=max(a.backoff * 30, 0.05),
-                    cache_path=a.cache or str(out / "llm_cache.sqlite"))
-    cfg = LabelConfig(taxonomy=a.taxonomy.split(","), score_gap=a.score_gap, llm=llm)
+                    cache_path=a.cache or str(out / "llm_cache.sqlite"), structured=a.structured)
+    cfg = LabelConfig(taxonomy=a.taxonomy.split(","), score_gap=a.score_gap, max_tokens=a.max_tokens, llm=llm)
     print(json.dumps(asdict(cfg), indent=1))
     write_json(out / "config.json", asdict(cfg))
     res = asyncio.run(run_label(items, cfg, progress=not a.no_progress))
@@ -178,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         + f"\nLLM: {res['stats']['requests']} requests, {res['stats']['cache_hits']} cache hits, "
         f"{res['stats']['prompt_tokens']}+{res['stats']['completion_tokens']} tokens, ${res['stats']['cost_usd']:.4f}\n")
     print(json.dumps(summary, ensure_ascii=False))
-    return 0 if not reasons.get("llm_failed") else 1
+    failed = reasons.get("llm_failed", 0)
+    if items and len(items) - failed < a.min_labelled * len(items):
+        eg = next((d["error"] for d in res["dropped"] if d["reason"] == "llm_failed"), "")
+        raise CareBotError(f"{len(items) - failed} of {len(items)} items labelled in every round, below --min-labelled "
+                           f"{a.min_labelled} (given up, e.g. {eg[:160]!r}; each with its raw reply in "
+                           f"{out / 'dropped.jsonl'})")
+    if failed:
+        print(f"{failed} of {len(items)} items given up (in {out / 'dropped.jsonl'} with their raw replies)")
+    return 0
 
 
 if __name__ == "__main__":

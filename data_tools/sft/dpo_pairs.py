@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="gpt-4o", help="judge / generator model")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--timeout", type=float, default=LLMConfig.timeout_s, help="seconds for one attempt of a request")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", choices=PAIR_FORMATS, default="trl")
     ap.add_argument("--out", required=True)
@@ -220,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.candidates:
             cands = {str(r["id"]): r["answer"] for r in read_jsonl(a.candidates)}
         out.mkdir(parents=True, exist_ok=True)
-        client = LLMClient(LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, concurrency=a.concurrency,
+        client = LLMClient(LLMConfig(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env,
+                                     concurrency=a.concurrency, timeout_s=a.timeout,
                                      cache_path=str(out / "llm_cache.sqlite")))
         subj, counts = subjective_pairs(client, prompts, cands, progress=not a.no_progress)
         summary["subjective"] = counts

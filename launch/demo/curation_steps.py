@@ -5,7 +5,7 @@ import json
 import random
 from pathlib import Path
 
-from launch.demo.context import Ctx, carebot, jl, tokenizer_dir, write_jl
+from launch.demo.context import LLM_ITEMS, Ctx, carebot, jl, llm_counts, tokenizer_dir, write_jl
 
 
 # raw corpus: (file, text fields, docs per source (full, quick)) — medical and general, zh and en, mixed
@@ -76,24 +76,48 @@ def s_rules(ctx: Ctx) -> dict:
     return {"docs": s["docs"], "kept": s["kept"]}
 
 
+# a real labeler that keeps fewer consistent labels than this per domain cannot train the classifiers
+MIN_LABELS_PER_DOMAIN = 10
+
+
 def s_label(ctx: Ctx) -> dict:
+    """The LLM labels the rules' sample (two rounds, keep consistent). When a real model (`--llm serve` / URL)
+    keeps too few labels per domain to train the domain classifier and the DataRater on, they are trained on
+    the rule-based labeler's labels of the same documents instead, and the counts say so."""
     kept = sorted(str(p) for p in (ctx.out / "rules").rglob("raw-*.jsonl") if "excluded" not in p.parts)
-    carebot(ctx, "label", "data", "label", "--input", *kept, "--out", str(ctx.d("label")),
-            "--base-url", ctx.base_url, "--model", ctx.models["label"], "--limit", "300" if ctx.quick else "800",
-            "--no-progress")
-    s = json.loads((ctx.out / "label" / "summary.json").read_text())
-    return {"labelled": s["items"], "kept_consistent": s["kept"], **{f"kept_{k}": v for k, v in s["kept_by_domain"].items()}}
+    # a real model may give up on most items: the counts say so, and the demo goes on (below)
+    extra = ctx.llm_args() + (["--min-labelled", "0"] if ctx.llm_kind == "model" else [])
+    s = _label(ctx, "label", kept, ctx.base_url, ctx.models["label"], ctx.llm_items("label"), extra)
+    res = {"labelled": s["items"], "kept_consistent": s["kept"], **{f"kept_{k}": v for k, v in s["kept_by_domain"].items()},
+           **llm_counts(s["llm"]), "train_file": str(ctx.out / "label" / "train.jsonl"), "classifiers_trained_on": "label"}
+    if ctx.llm_kind == "model" and min(s["kept_by_domain"].get(d, 0) for d in ("medical", "general")) < MIN_LABELS_PER_DOMAIN:
+        from launch.demo.endpoint import LocalEndpoint
+        from launch.demo.responders import MODELS
+
+        with LocalEndpoint(MODELS) as rules:
+            r = _label(ctx, "label_rules", kept, rules.base_url, "demo-labeler", LLM_ITEMS["rules"]["label"][0], [])
+        print(f"[demo] {ctx.llm_name} kept {s['kept_by_domain']} consistent labels (< {MIN_LABELS_PER_DOMAIN} per "
+              f"domain): the classifiers train on the rule-based labels ({r['kept']} kept)", flush=True)
+        res.update(train_file=str(ctx.out / "label_rules" / "train.jsonl"), classifiers_trained_on="label_rules (rule-based)",
+                   rules_kept_consistent=r["kept"])
+    return res
+
+
+def _label(ctx: Ctx, step: str, inputs: list[str], base_url: str, model: str, limit: int, extra: list[str]) -> dict:
+    carebot(ctx, step, "data", "label", "--input", *inputs, "--out", str(ctx.d(step)), "--base-url", base_url,
+            "--model", model, "--limit", str(limit), *extra, "--no-progress")
+    return json.loads((ctx.out / step / "summary.json").read_text())
 
 
 def s_domain(ctx: Ctx) -> dict:
-    carebot(ctx, "domain", "data", "domain", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
+    carebot(ctx, "domain", "data", "domain", "train", "--train", ctx.counts["label"]["train_file"],
             "--out", str(ctx.d("domain") / "model"), "--max-length", "128")
     rep = json.loads((ctx.out / "domain" / "model" / "eval.json").read_text())
     return {"held_out_acc": round(rep["accuracy"], 3), "balanced_acc": round(rep["balanced_accuracy"], 3)}
 
 
 def s_datarater(ctx: Ctx) -> dict:
-    carebot(ctx, "datarater", "data", "datarater", "train", "--train", str(ctx.out / "label" / "train.jsonl"),
+    carebot(ctx, "datarater", "data", "datarater", "train", "--train", ctx.counts["label"]["train_file"],
             "--out", str(ctx.d("datarater") / "model"), "--max-length", "128")
     rep = json.loads((ctx.out / "datarater" / "model" / "eval.json").read_text())
     return {"held_out_spearman": round(rep["spearman"], 3), "held_out_mse": round(rep["mse"], 3)}

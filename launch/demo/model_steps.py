@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from launch.demo.context import Ctx, carebot, jl, tokenizer_dir, write_jl
+from launch.demo.context import Ctx, carebot, jl, llm_counts, tokenizer_dir, write_jl
 from launch.pipeline import PIPELINE, STAGES, checkpoint_dir, plan
 
 # --base-model: the paper recipe's layout and batch cut to one CPU process; nothing about the model itself
@@ -130,13 +130,13 @@ def s_dpo_pairs(ctx: Ctx) -> dict:
     mcq = write_jl(ctx.d("dpo_pairs") / "mcq_subset.jsonl",
                    jl(ctx.data / "benchmarks" / "medmcqa_dev.jsonl")[: 60 if ctx.quick else 200])
     carebot(ctx, "dpo_pairs", "data", "dpo-pairs", "--mcq", str(mcq), "--sft", ctx.counts["sft_select"]["selected_file"],
-            "--n-subjective", "40" if ctx.quick else "150", "--base-url", ctx.base_url, "--model", ctx.models["doctor"],
-            "--out", str(ctx.d("dpo_pairs")),
-            "--no-progress")
-    s = json.loads((ctx.out / "dpo_pairs" / "summary.json").read_text()) if (ctx.out / "dpo_pairs" / "summary.json").exists() else {}
+            "--n-subjective", str(ctx.llm_items("dpo_subjective")), "--base-url", ctx.base_url,
+            "--model", ctx.models["doctor"], *ctx.llm_args(), "--out", str(ctx.d("dpo_pairs")), "--no-progress")
+    f = ctx.out / "dpo_pairs" / "summary.json"
+    s = json.loads(f.read_text()) if f.exists() else {}
     pairs = ctx.out / "dpo_pairs" / "pairs.jsonl"
     return {"pairs": len(jl(pairs)), **{k: v for k, v in s.items() if isinstance(v, int) and k != "seed"},
-            "pairs_file": str(pairs)}
+            **(llm_counts(s["llm"]) if "llm" in s else {}), "pairs_file": str(pairs)}
 
 
 def s_dpo(ctx: Ctx) -> dict:
@@ -195,10 +195,14 @@ def s_eval(ctx: Ctx) -> dict:
         s = json.loads((ctx.out / "eval" / name / "mcq_summary.json").read_text())
         res[f"mcq_acc_{name}"] = round(sum(b["acc_mean"] for b in s["benchmarks"].values()) / len(s["benchmarks"]), 4)
     carebot(ctx, "eval", "eval", "judge", "consult", "--model", str(ctx.out / "hf_final"), "--name", "hf_final",
-            "--benchmarks", "cmtmedqa", "--limit", "3" if ctx.quick else "10", "--max-turns", "2",
+            "--benchmarks", "cmtmedqa", "--limit", str(ctx.llm_items("judge_dialogues")), "--max-turns", "2",
             "--max-new-tokens", "32", "--judge-base-url", ctx.base_url, "--judge-model", ctx.models["consult"],
-            "--out", str(ctx.d("eval") / "judge_final"),
-            "--contamination", "warn")
+            *ctx.llm_args("--judge-"), "--out", str(ctx.d("eval") / "judge_final"), "--contamination", "warn",
+            # a real model is a poor judge: the report shows how many turns it judged instead of failing the demo
+            *(["--min-judged", "0"] if ctx.llm_kind == "model" else []))
+    j = json.loads((ctx.out / "eval" / "judge_final" / "judge_summary.json").read_text())
+    c = j["consult"]["cmtmedqa"]
+    res.update(judged_turns=c["n_scored"], judge_turns=c["n_turns"], **llm_counts(j["llm_stats"]["cmtmedqa"]))
     carebot(ctx, "eval", "eval", "report", "--runs", *runs, str(ctx.out / "eval" / "judge_final"),
             "--out", str(ctx.d("eval") / "report"))
     pngs = sorted(p.name for p in (ctx.out / "eval" / "report").glob("*.png"))

@@ -2,8 +2,10 @@
 
 Each step runs the real `carebot` command in a subprocess (exactly what a user would type), records its
 output counts, and writes `OUT/<step>/demo_step.json`: rerunning the demo skips finished steps. The LLM calls
-(labeling, judging) go to a local OpenAI-protocol server started here and answered by a rule-based labeler
-/ judge (`launch/demo/endpoint.py`): point `--base-url` at a real endpoint to use a real model.
+(labeling, DPO judging, consultation judging) go where `--llm` says: `rules`, a local OpenAI-protocol server
+answered by a rule-based labeler / judge (`launch/demo/endpoint.py`; fast, the default for the tiny models);
+`serve`, SmolLM2-135M-Instruct under `carebot serve` (a real model over HTTP; the default with --base-model);
+or a URL, the user's own OpenAI-compatible endpoint.
 """
 from __future__ import annotations
 
@@ -64,26 +66,37 @@ def _effect(ctx: Ctx) -> str:
             "MMLU-Med, PubMedQA subsets.\n\n| model | text NLL | reply NLL | MCQ acc |\n|---|---|---|---|\n" + rows)
 
 
+def _llm_table(ctx: Ctx) -> str:
+    """Who answered each LLM step, and how its replies went (valid at the first reply, after a re-ask, given up)."""
+    rows = "".join(f"| {name} | {ctx.llm_name} | {c.get('llm_first_valid', 0)} | {c.get('llm_after_reask', 0)} | "
+                   f"{c.get('llm_given_up', 0)} |\n"
+                   for name, c in ctx.counts.items() if "llm_first_valid" in c)
+    if not rows:
+        return ""
+    return ("\n## LLM replies\n\n| step | answered by | valid at the first reply | valid after a re-ask | given up |\n"
+            "|---|---|---|---|---|\n" + rows)
+
+
 def report(ctx: Ctx, timings: dict) -> Path:
     rows = "".join(f"| {i + 1} | {name} | {timings.get(name, 0):.1f} | "
                    f"{', '.join(f'{k}={v}' for k, v in ctx.counts.get(name, {}).items())} |\n"
                    for i, (name, _, _) in enumerate(STEPS))
     total = sum(timings.values())
     model = f"base model `{ctx.base_model}`" if ctx.base_model else "tiny models from random init"
-    md = (f"# CareBot demo report\n\ndata: `{ctx.data}`; {model}; quick: {ctx.quick}; LLM endpoint: {ctx.base_url} "
-          f"({'a local rule-based labeler / judge' if ctx.local_llm else 'as given'}); total {total / 60:.1f} min\n\n"
-          "| # | step | seconds | outputs |\n|---|---|---|---|\n" + rows + _effect(ctx)
+    md = (f"# CareBot demo report\n\ndata: `{ctx.data}`; {model}; quick: {ctx.quick}; LLM (label, DPO judge, "
+          f"consultation judge): {ctx.llm_name} at {ctx.base_url}; total {total / 60:.1f} min\n\n"
+          "| # | step | seconds | outputs |\n|---|---|---|---|\n" + rows + _llm_table(ctx) + _effect(ctx)
           + f"\nEvaluation report (Table-1 layout, t-tests, plots): `{ctx.out / 'eval' / 'report' / 'report.md'}`\n")
     write_text(ctx.out / "report.md", md)
     write_json(ctx.out / "report.json", {"counts": ctx.counts, "seconds": timings, "total_s": total,
-                                         "options": _options(ctx)})
+                                         "options": _options(ctx), "llm": ctx.llm_name, "llm_base_url": ctx.base_url})
     return ctx.out / "report.md"
 
 
 def _options(ctx: Ctx) -> dict:
     """What makes two demo runs different runs: resuming one with other options would mix their outputs."""
     return {"data": str(ctx.data), "quick": ctx.quick, "tokenizer": ctx.tokenizer, "base_model": ctx.base_model,
-            "chat_template": ctx.chat_template}
+            "chat_template": ctx.chat_template, "llm": ctx.llm_spec}
 
 
 def _guard(ctx: Ctx) -> None:
@@ -110,12 +123,56 @@ def _base_model(arg: str) -> str:
     return str(p)
 
 
+def _start_llm(ctx: Ctx, llm: str, model: str):
+    """The endpoint the LLM steps ask (`--llm`); returns the server started here, if any, for the caller to stop."""
+    os.environ.setdefault("OPENAI_API_KEY", "local-demo-endpoint")  # local servers ignore it
+    if llm == "rules":
+        from launch.demo.endpoint import LocalEndpoint
+        from launch.demo.responders import MODELS
+
+        server = LocalEndpoint(MODELS).start()
+        ctx.base_url, ctx.llm_kind, ctx.llm_name = server.base_url, "rules", "rule-based labeler / judge (local)"
+        ctx.models = {"label": "demo-labeler", "doctor": "demo-doctor", "consult": "demo-consult-judge"}
+        return server
+    if llm == "serve":
+        from launch.serve import Server
+
+        server = Server("smollm2", log=ctx.d("logs") / "serve.log")
+        print(f"[demo] starting SmolLM2-135M-Instruct under transformers serve (log: {server.log}) ...", flush=True)
+        server.start()
+        ctx.base_url, ctx.llm_kind, ctx.llm_name = server.base_url, "model", "SmolLM2-135M-Instruct (transformers serve)"
+        ctx.models = dict.fromkeys(("label", "doctor", "consult"), server.model)
+        return server
+    if not model:
+        model = _first_model(llm)
+    ctx.base_url, ctx.llm_kind, ctx.llm_name = llm, "model", model
+    ctx.models = dict.fromkeys(("label", "doctor", "consult"), model)
+    return None
+
+
+def _first_model(base_url: str) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=30) as r:
+            models = json.loads(r.read()).get("data") or []
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--llm {base_url}: /models did not answer ({e}); pass --llm-model NAME") from None
+    if not models:
+        raise ConfigError(f"--llm {base_url}: /models lists no model; pass --llm-model NAME")
+    return str(models[0]["id"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="carebot demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--quick", action="store_true", help="fewer documents and steps (CI)")
-    ap.add_argument("--base-url", default="", help="OpenAI-compatible endpoint (default: a local rule-based one)")
-    ap.add_argument("--llm-model", default="gpt-4o", help="with --base-url: the model every LLM step asks")
+    ap.add_argument("--llm", default="", metavar="rules|serve|URL",
+                    help="who answers the LLM steps: rules (a local rule-based endpoint, fast; the default), serve "
+                         "(SmolLM2-135M-Instruct under `carebot serve`; the default with --base-model), or the base "
+                         "URL of your OpenAI-compatible endpoint")
+    ap.add_argument("--llm-model", default="", help="with --llm URL: the model every LLM step asks "
+                                                    "(default: the endpoint's first /v1/models entry)")
     ap.add_argument("--fresh", action="store_true", help="delete OUT and start over (default: resume)")
     ap.add_argument("--tokenizer", choices=["bpe", "llama3"], default="bpe",
                     help="bpe: a 4k BPE trained on the corpus (fast); llama3: the real LLaMA-3 tokenizer")
@@ -127,27 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     base = _base_model(a.base_model)
     if a.tokenizer != "bpe" and base:
         raise ConfigError("--tokenizer and --base-model: a base model brings its own tokenizer")
+    llm = a.llm or ("serve" if base else "rules")
+    if llm not in ("rules", "serve") and not llm.startswith(("http://", "https://")):
+        raise ConfigError(f"--llm {llm!r}: rules, serve, or an endpoint's base URL (http://HOST:PORT/v1)")
+    if a.llm_model and not llm.startswith("http"):
+        raise ConfigError(f"--llm-model names a model of your endpoint: give it with --llm URL, not --llm {llm}")
     ctx = Ctx(out=Path(a.out), data=data_dir(), quick=a.quick, tokenizer=a.tokenizer, base_model=base,
-              chat_template=a.chat_template)
+              chat_template=a.chat_template, llm_spec=llm)
     if a.fresh and ctx.out.exists():
         shutil.rmtree(ctx.out)  # the tools' own resume markers would otherwise skip work too
     ctx.out.mkdir(parents=True, exist_ok=True)
     _guard(ctx)
-    server = None
-    if not a.base_url:
-        from launch.demo.endpoint import LocalEndpoint
-        from launch.demo.responders import MODELS
-
-        server = LocalEndpoint(MODELS).start()
-        os.environ.setdefault("OPENAI_API_KEY", "local-demo-endpoint")  # the local server ignores it
-        ctx.base_url = server.base_url
-        ctx.models = {"label": "demo-labeler", "doctor": "demo-doctor", "consult": "demo-consult-judge"}
-    else:
-        ctx.base_url, ctx.local_llm = a.base_url, False
-        ctx.models = dict.fromkeys(("label", "doctor", "consult"), a.llm_model)
+    server = _start_llm(ctx, llm, a.llm_model)
     timings: dict[str, float] = {}
-    print(f"[demo] data {ctx.data} -> {ctx.out}; LLM endpoint {ctx.base_url}"
-          f"{' (local rule-based labeler/judge)' if server else ''}", flush=True)
+    print(f"[demo] data {ctx.data} -> {ctx.out}; LLM: {ctx.llm_name} at {ctx.base_url}", flush=True)
     try:
         for i, (name, what, fn) in enumerate(STEPS):
             done = ctx.out / name / "demo_step.json"
@@ -164,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(done, {"outputs": ctx.counts[name], "seconds": timings[name]})
             print(f"[demo {i + 1:>2}/{len(STEPS)}] {name}: {ctx.counts[name]} ({timings[name]:.1f} s)", flush=True)
     finally:
-        if server:
+        if server is not None:
             server.stop()
     path = report(ctx, timings)
     print(f"[demo] finished; report: {path}", flush=True)

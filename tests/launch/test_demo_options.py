@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,52 @@ def test_base_model_demo_sets_no_architecture_key(tmp_path):
     assert _recipe(ctx, "sft")[:2] == ["--config", "sft.yaml"] and "stage_args.chat_template=chatml" in _chat(ctx)
     tiny = Ctx(out=tmp_path, data=tmp_path, quick=True)
     assert _recipe(tiny, "sft") == ["--config", "tiny_sft.yaml"] and _init_from(tiny, "stable") == []
+
+
+def test_llm_choice_that_is_none_of_the_three_is_one_line(tmp_path):
+    for args, says in ((["--llm", "gpt4"], "rules, serve, or an endpoint's base URL"),
+                       (["--llm", "serve", "--llm-model", "x"], "--llm-model names a model of your endpoint")):
+        p = _demo("--out", str(tmp_path / "d"), *args)
+        assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_real_model_gets_fewer_items_and_patient_requests(tmp_path):
+    """`--llm serve` / URL: the LLM steps send fewer items, eight at a time (what the server batches), with a long wait for each; the
+    rule-based endpoint keeps the counts and the commands' own defaults."""
+    from launch.demo.context import LLM_ITEMS, Ctx
+
+    rules, model = (Ctx(out=tmp_path, data=tmp_path, quick=True, llm_kind=k) for k in ("rules", "model"))
+    assert rules.llm_args() == [] and rules.llm_args("--judge-") == []
+    assert model.llm_args() == ["--concurrency", "8", "--timeout", "300"]
+    assert model.llm_args("--judge-") == ["--judge-concurrency", "8", "--judge-timeout", "300"]
+    for what in LLM_ITEMS["rules"]:
+        assert 0 < model.llm_items(what) < rules.llm_items(what)
+    full = Ctx(out=tmp_path, data=tmp_path, quick=False, llm_kind="model")
+    assert all(full.llm_items(w) > model.llm_items(w) for w in LLM_ITEMS["model"])
+
+
+def test_a_real_labeler_that_keeps_too_few_labels_leaves_the_classifiers_the_rule_labels(tmp_path, data_root):
+    """`--llm serve` with a model that gives up on most items: the demo's label step reports the model's counts,
+    goes on, and the domain classifier / DataRater train on the rule-based labels of the same documents (said in
+    the counts). A real model that labels enough keeps its own labels."""
+    from launch.demo.context import Ctx
+    from launch.demo.curation_steps import MIN_LABELS_PER_DOMAIN, s_corpus, s_label, s_rules
+    from tests.fixtures.fake_openai import Faults, FakeOpenAI
+
+    for pbad, own in ((0.95, False), (0.0, True)):
+        ctx = Ctx(out=tmp_path / f"p{pbad}", data=data_root, quick=True, llm_kind="model", llm_name="a model")
+        s_corpus(ctx)
+        s_rules(ctx)
+        with FakeOpenAI(faults=Faults(pbadjson=pbad, seed=1)) as srv:
+            ctx.base_url, ctx.models = srv.base_url, {"label": "fake"}
+            c = s_label(ctx)
+        assert c["labelled"] == 60 and c["llm_first_valid"] + c["llm_after_reask"] + c["llm_given_up"] == 120
+        train = read_jsonl(Path(c["train_file"]))
+        assert {r["domain"] for r in train} == {"medical", "general"}
+        if own:
+            assert c["classifiers_trained_on"] == "label" and c["llm_given_up"] == 0
+        else:
+            assert c["llm_given_up"] > 80 and min(c.get("kept_medical", 0), c.get("kept_general", 0)) < MIN_LABELS_PER_DOMAIN
+            assert c["classifiers_trained_on"] == "label_rules (rule-based)" and c["rules_kept_consistent"] == len(train)
+            assert Path(c["train_file"]).parent.name == "label_rules"

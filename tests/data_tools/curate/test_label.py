@@ -81,3 +81,31 @@ def test_label_1000_with_faults_then_kill9_resume(tmp_path, data_root):
         hits = srv.hits
         assert main(_args(srv, inputs, out)) == 0
         assert srv.hits == hits
+
+
+def test_mostly_given_up_is_one_line_exit_2_and_a_few_are_counted(tmp_path, data_root, capsys):
+    """A labeler whose answers are mostly unusable (a small real model) does not exit 0 with a thin train.jsonl:
+    below --min-labelled it is one error line, with every given-up item and its raw reply in dropped.jsonl; a few
+    given up are counted and the run succeeds."""
+    from carebot.cli import run
+
+    inputs = [str(data_root / "general" / "thucnews_titles_zh.jsonl")]
+    for pbad, want in ((0.9, 2), (0.05, 0)):
+        out = tmp_path / f"p{pbad}"
+        with FakeOpenAI(faults=Faults(pbadjson=pbad, seed=3)) as srv:
+            args = _args(srv, inputs, out, limit=60)
+            args[args.index("--parse-retries") + 1] = "0"
+            rc = run(main, args, "carebot data label")
+        cap = capsys.readouterr()
+        summary = json.loads((out / "summary.json").read_text())
+        failed = summary["dropped"].get("llm_failed", 0)
+        dropped = read_jsonl(out / "dropped.jsonl")
+        assert rc == want, (pbad, failed, cap.err)
+        assert summary["llm"]["failures"] > 0 and failed == sum(d["reason"] == "llm_failed" for d in dropped)
+        assert all(d["raw"] for d in dropped if d["reason"] == "llm_failed")
+        if want == 2:
+            err = [x for x in cap.err.strip().splitlines() if "error" in x]  # stderr also has the resolved config
+            assert failed > 30 and len(err) == 1 and cap.err.strip().endswith(err[0]), cap.err
+            assert err[0].startswith("carebot data label: error: ") and "below --min-labelled 0.5" in err[0]
+        else:
+            assert 0 < failed < 30 and f"{failed} of 60 items given up" in cap.out
