@@ -163,16 +163,24 @@ def _dialogue_text(history: list[dict]) -> str:
     return "\n".join(f"{'患者' if m['role'] == 'user' else '医生'}：{m['content']}" for m in history) or "（无）"
 
 
+# what a judge's answer needs: four scores and a short reason (Chinese: ~1.5 tokens a character); a winner. A
+# reply that runs on is cut there and re-asked instead of costing the endpoint's default.
+JUDGE_MAX_TOKENS = 256
+PAIR_MAX_TOKENS = 64
+
+
 def consult_request(bench: str, t: Turn, answer: str) -> Request:
     user = (f"【对话历史】\n{_dialogue_text(t.history)}\n\n【患者当前问题】\n{t.question}\n\n"
             f"【标准答案】\n{t.reference}\n\n【AI医生的回答】\n{answer}\n\n请按要求输出JSON评分。")
     return Request(id=f"{bench}/{t.dialogue}/{t.turn}", messages=[{"role": "system", "content": JUDGE_SYSTEM},
-                                                                    {"role": "user", "content": user}])
+                                                                    {"role": "user", "content": user}],
+                   params={"max_tokens": JUDGE_MAX_TOKENS})
 
 
 def pair_request(qid: str, question: str, first: str, second: str, order: str) -> Request:
     user = f"【患者问题】\n{question}\n\n【回答1】\n{first}\n\n【回答2】\n{second}\n\n哪个回答更好？"
-    return Request(id=f"{qid}/{order}", messages=[{"role": "system", "content": PAIR_SYSTEM}, {"role": "user", "content": user}])
+    return Request(id=f"{qid}/{order}", messages=[{"role": "system", "content": PAIR_SYSTEM}, {"role": "user", "content": user}],
+                   params={"max_tokens": PAIR_MAX_TOKENS})
 
 
 # ----------------------------------------------------------------------------- model answers (stored, resumable)

@@ -136,8 +136,12 @@ def gen_request(pid: str, prompt: list[dict[str, str]]) -> Request:
     return Request(id=pid, messages=msgs)
 
 
+JUDGE_MAX_TOKENS = 160  # a verdict's JSON: eight scores and a winner
+
+
 def judge_request(pid: str, prompt: list[dict[str, str]], a: str, b: str, order: str) -> Request:
-    return Request(id=f"{pid}:{order}", messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=_conversation(prompt), a=a, b=b)}])
+    return Request(id=f"{pid}:{order}", messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=_conversation(prompt), a=a, b=b)}],
+                   params={"max_tokens": JUDGE_MAX_TOKENS})
 
 
 def subjective_pairs(client: LLMClient, prompts: list[tuple[list[dict[str, str]], str, str]],
