@@ -80,8 +80,8 @@ def engine_command(engine: str, model: Path, host: str, port: int, threads: int,
         exe = shutil.which("transformers")
         if exe is None or not _has_module("fastapi") or not _has_module("uvicorn"):
             raise ConfigError('transformers serve needs its serving extra: pip install -e ".[serve]"')
-        # continuous batching: 8 concurrent requests decode together (SmolLM2 on 2 cores: 0.48 vs 0.25 replies/s,
-        # 29 vs 15 tokens/s; docs/curation.md)
+        # continuous batching: 8 requests in flight decode together (SmolLM2, label prompts, 2 cores: 0.235 vs 0.164
+        # replies/s one at a time; docs/curation.md)
         cmd = [exe, "serve", str(model), "--host", host, "--port", str(port)]
         if not batching:
             return cmd + ["--no-continuous-batching"]

@@ -15,7 +15,7 @@ from carebot.paths import cache_dir
 # items per LLM step, (quick, full): rules = the rule-based endpoint, model = a real model (--llm serve / URL)
 LLM_ITEMS = {
     "rules": {"label": (300, 800), "dpo_subjective": (40, 150), "judge_dialogues": (3, 10)},
-    "model": {"label": (60, 300), "dpo_subjective": (8, 40), "judge_dialogues": (2, 10)},
+    "model": {"label": (24, 200), "dpo_subjective": (8, 40), "judge_dialogues": (2, 10)},
 }
 # a real model's requests: as many as the CPU server batches well (8: launch/serve.py), a long wait for each
 LLM_MODEL_ARGS = {"concurrency": "8", "timeout": "300"}

@@ -77,7 +77,7 @@ def s_rules(ctx: Ctx) -> dict:
 
 
 # a real labeler that keeps fewer consistent labels than this per domain cannot train the classifiers
-MIN_LABELS_PER_DOMAIN = 10
+MIN_LABELS_PER_DOMAIN = 5
 
 
 def s_label(ctx: Ctx) -> dict:

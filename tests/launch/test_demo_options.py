@@ -118,12 +118,13 @@ def test_a_real_labeler_that_keeps_too_few_labels_leaves_the_classifiers_the_rul
         with FakeOpenAI(faults=Faults(pbadjson=pbad, seed=1)) as srv:
             ctx.base_url, ctx.models = srv.base_url, {"label": "fake"}
             c = s_label(ctx)
-        assert c["labelled"] == 60 and c["llm_first_valid"] + c["llm_after_reask"] + c["llm_given_up"] == 120
+        n = ctx.llm_items("label")
+        assert c["labelled"] == n and c["llm_first_valid"] + c["llm_after_reask"] + c["llm_given_up"] == 2 * n
         train = read_jsonl(Path(c["train_file"]))
         assert {r["domain"] for r in train} == {"medical", "general"}
         if own:
             assert c["classifiers_trained_on"] == "label" and c["llm_given_up"] == 0
         else:
-            assert c["llm_given_up"] > 80 and min(c.get("kept_medical", 0), c.get("kept_general", 0)) < MIN_LABELS_PER_DOMAIN
+            assert c["llm_given_up"] > 1.3 * n and min(c.get("kept_medical", 0), c.get("kept_general", 0)) < MIN_LABELS_PER_DOMAIN
             assert c["classifiers_trained_on"] == "label_rules (rule-based)" and c["rules_kept_consistent"] == len(train)
             assert Path(c["train_file"]).parent.name == "label_rules"
