@@ -105,7 +105,8 @@ class Console:
     trace in the task log. Anything else written (progress bars, our own lines) passes through. `--verbose`
     keeps everything."""
 
-    RECORD = re.compile(r"^(?:\[NODE -?\d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+) +\| [^-]*- ")
+    # loguru's default format; 0.8 added the UTC offset after the time ("... 03:26:55.698 +00:00 | INFO ...")
+    RECORD = re.compile(r"^(?:\[NODE -?\d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+(?: [+-]\d\d:?\d\d)? \| (\w+) +\| [^-]*- ")
 
     def __init__(self, stream):
         self.stream = stream

@@ -293,3 +293,19 @@ def test_same_size_edit_with_mtime_restored_is_redone(tmp_path, data_root, capsy
     os.utime(f)  # a touch alone (same bytes) is no change
     p = curate(inp, out, "--tasks", "2", "--no-decontam")
     assert "discarding" not in p.stderr
+
+
+def test_console_keeps_datatrove_records_out_in_either_loguru_format():
+    """loguru 0.8 writes the UTC offset after the time; 0.7 did not. Both are datatrove records to keep off the
+    console (a fresh install took 0.8 and the cut-short-shard test saw four 'Launching dependency job' lines)."""
+    import io
+
+    from data_tools.curate.curate import Console
+
+    out = io.StringIO()
+    con = Console(out)
+    for stamp in ("2026-12-08 03:26:55.698", "2026-12-08 03:26:55.698 +00:00", "2026-12-08 03:26:55.698 -0530"):
+        con.write(f"{stamp} | INFO     | datatrove.executor.local:run:99 - Launching dependency job\n")
+        con.write(f"[NODE 0] {stamp} | WARNING  | datatrove.pipeline:run:12 - slow shard\nmore\n")
+    con.write("progress 50%\n")
+    assert out.getvalue() == "[curate] warning: slow shard\n" * 3 + "progress 50%\n"
