@@ -106,6 +106,13 @@ def _has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def first_model(base_url: str, timeout: float = 30) -> str | None:
+    """The first model id an OpenAI-compatible endpoint lists at /models (None: it lists none)."""
+    with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=timeout) as r:
+        models = json.loads(r.read()).get("data") or []
+    return str(models[0]["id"]) if models else None
+
+
 def _free_port() -> int:
     import socket
 
@@ -154,9 +161,7 @@ class Server:
                 raise ConfigError(f"the {self.engine} server exited ({self.proc.returncode}) before it answered; "
                                   f"its log: {self.log}: {_tail(self.log)}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as r:
-                    models = json.loads(r.read()).get("data") or []
-                self.model = models[0]["id"] if models else str(served)
+                self.model = first_model(self.base_url, timeout=5) or str(served)
                 return self
             except (OSError, ValueError, KeyError):
                 pass

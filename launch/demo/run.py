@@ -3,9 +3,9 @@
 Each step runs the real `carebot` command in a subprocess (exactly what a user would type), records its
 output counts, and writes `OUT/<step>/demo_step.json`: rerunning the demo skips finished steps. The LLM calls
 (labeling, DPO judging, consultation judging) go where `--llm` says: `rules`, a local OpenAI-protocol server
-answered by a rule-based labeler / judge (`launch/demo/endpoint.py`; fast, the default for the tiny models);
-`serve`, SmolLM2-135M-Instruct under `carebot serve` (a real model over HTTP; the default with --base-model);
-or a URL, the user's own OpenAI-compatible endpoint.
+answered by a rule-based labeler / judge (`launch/demo/endpoint.py`; fast, the default); `serve`,
+SmolLM2-135M-Instruct under `carebot serve` (a real model over HTTP); or a URL, the user's own
+OpenAI-compatible endpoint.
 """
 from __future__ import annotations
 
@@ -151,26 +151,25 @@ def _start_llm(ctx: Ctx, llm: str, model: str):
 
 
 def _first_model(base_url: str) -> str:
-    import urllib.request
+    from launch.serve import first_model
 
     try:
-        with urllib.request.urlopen(f"{base_url.rstrip('/')}/models", timeout=30) as r:
-            models = json.loads(r.read()).get("data") or []
+        model = first_model(base_url)
     except (OSError, ValueError) as e:
         raise ConfigError(f"--llm {base_url}: /models did not answer ({e}); pass --llm-model NAME") from None
-    if not models:
+    if model is None:
         raise ConfigError(f"--llm {base_url}: /models lists no model; pass --llm-model NAME")
-    return str(models[0]["id"])
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="carebot demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--quick", action="store_true", help="fewer documents and steps (CI)")
-    ap.add_argument("--llm", default="", metavar="rules|serve|URL",
+    ap.add_argument("--llm", default="rules", metavar="rules|serve|URL",
                     help="who answers the LLM steps: rules (a local rule-based endpoint, fast; the default), serve "
-                         "(SmolLM2-135M-Instruct under `carebot serve`; the default with --base-model), or the base "
-                         "URL of your OpenAI-compatible endpoint")
+                         "(SmolLM2-135M-Instruct under `carebot serve`), or the base URL of your OpenAI-compatible "
+                         "endpoint")
     ap.add_argument("--llm-model", default="", help="with --llm URL: the model every LLM step asks "
                                                     "(default: the endpoint's first /v1/models entry)")
     ap.add_argument("--fresh", action="store_true", help="delete OUT and start over (default: resume)")
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     base = _base_model(a.base_model)
     if a.tokenizer != "bpe" and base:
         raise ConfigError("--tokenizer and --base-model: a base model brings its own tokenizer")
-    llm = a.llm or ("serve" if base else "rules")
+    llm = a.llm
     if llm not in ("rules", "serve") and not llm.startswith(("http://", "https://")):
         raise ConfigError(f"--llm {llm!r}: rules, serve, or an endpoint's base URL (http://HOST:PORT/v1)")
     if a.llm_model and not llm.startswith("http"):
